@@ -1,0 +1,207 @@
+"""Clips for training, over one or more LeRobot v3.0 datasets.
+
+A clip is `num_frames` frames taken every `frame_stride` raw frames from one episode (T = 1 + 4k frames for
+the tokenizer), with the actions of every raw step it spans, the state at each frame, the task text and masks
+where the clip runs past the episode's end (padding repeats the last frame; masked entries must be ignored).
+
+Videos are decoded once, when the dataset is built, into one uint8 array per dataset (`decode once and
+cache`): 64x64 frames cost 12 KiB each, so 100k frames are 1.2 GiB. DataLoader workers share it through fork.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from repwam.data.lerobot import LeRobotDataset
+from repwam.errors import RepwamError
+
+
+@dataclass
+class _Episode:
+    source: int  # which dataset
+    index: int  # episode index in that dataset
+    start: int  # first row of the episode in that dataset's frame arrays
+    length: int
+    task: str
+
+
+def split_episodes(datasets: list[LeRobotDataset], split: str, val_fraction: float, seed: int) -> list[tuple[int, int]]:
+    """(dataset, episode) pairs of `split` ("train", "val" or "all"), stratified by task: every task keeps
+    round(val_fraction * n) of its n episodes (at least one when n >= 2 and val_fraction > 0) for validation."""
+    if split not in ("train", "val", "all"):
+        raise RepwamError(f"split must be train, val or all, got {split!r}")
+    by_task: dict[str, list[tuple[int, int]]] = {}
+    for d, ds in enumerate(datasets):
+        for e in range(ds.num_episodes):
+            by_task.setdefault(ds.episode_task(e), []).append((d, e))
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for task in sorted(by_task):
+        eps = by_task[task]
+        order = rng.permutation(len(eps))
+        n_val = int(round(val_fraction * len(eps)))
+        if val_fraction > 0 and len(eps) >= 2:
+            n_val = max(n_val, 1)
+        val = {eps[i] for i in order[:n_val]}
+        if split == "all":
+            chosen += eps
+        else:
+            chosen += [ep for ep in eps if (ep in val) == (split == "val")]
+    return sorted(chosen)
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Clips from one or more LeRobot v3.0 datasets (all must share the camera's image size and feature shapes).
+
+    Each item:
+      frames        uint8 (T, 3, H, W)
+      frame_mask    bool (T,)         False where the clip ran past the episode's end
+      action        float32 (T*s, A)  the actions of every raw step from the first frame on (s = frame_stride)
+      action_mask   bool (T*s,)
+      state         float32 (T, D)    if the dataset has observation.state
+      env_state     float32 (T, E)    if it has observation.environment_state (simulator object poses)
+      task          str
+      episode, start  ints            episode index (within the source dataset) and first raw frame
+      source        int               which dataset
+    """
+
+    def __init__(
+        self,
+        roots: str | Path | list[str | Path],
+        *,
+        num_frames: int = 9,
+        frame_stride: int = 1,
+        camera: str | None = None,
+        split: str = "all",
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        clip_step: int = 1,
+        min_valid_frames: int | None = None,
+        episodes: list[tuple[int, int]] | None = None,
+        progress: bool = True,
+    ):
+        roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+        if not roots:
+            raise RepwamError("no dataset given")
+        if num_frames < 1 or frame_stride < 1 or clip_step < 1:
+            raise RepwamError(f"num_frames, frame_stride and clip_step must be >= 1 (got {num_frames}, {frame_stride}, {clip_step})")
+        self.datasets = [LeRobotDataset(r) for r in roots]
+        self.num_frames, self.frame_stride = num_frames, frame_stride
+        self.min_valid_frames = num_frames if min_valid_frames is None else min_valid_frames
+        if not 1 <= self.min_valid_frames <= num_frames:
+            raise RepwamError(f"min_valid_frames must be in [1, {num_frames}], got {self.min_valid_frames}")
+
+        first = self.datasets[0]
+        if camera is None:
+            if not first.camera_keys:
+                raise RepwamError(f"{first.root} has no camera features")
+            camera = first.camera_keys[0]
+        elif not camera.startswith("observation.images."):
+            camera = f"observation.images.{camera}"
+        self.camera = camera
+        for ds in self.datasets:
+            if camera not in ds.camera_keys:
+                raise RepwamError(f"{ds.root} has no camera {camera!r}; it has {ds.camera_keys}")
+            for key in (camera, "action", "observation.state"):
+                if key in first.features and key in ds.features:
+                    a, b = tuple(first.features[key]["shape"]), tuple(ds.features[key]["shape"])
+                    if a != b:
+                        raise RepwamError(f"feature {key!r} has shape {b} in {ds.root} but {a} in {first.root}")
+
+        pairs = episodes if episodes is not None else split_episodes(self.datasets, split, val_fraction, split_seed)
+        self._load(pairs, progress)
+        # clip index: (episode slot, start frame within the episode)
+        span_valid = (self.min_valid_frames - 1) * frame_stride + 1
+        self.index = [
+            (i, s) for i, ep in enumerate(self.episodes) for s in range(0, max(ep.length - span_valid + 1, 0), clip_step)
+        ]
+        if not self.index:
+            raise RepwamError(
+                f"no clip of {num_frames} frames at stride {frame_stride} fits in the selected episodes "
+                f"(longest has {max((e.length for e in self.episodes), default=0)} frames)"
+            )
+
+    def _load(self, pairs: list[tuple[int, int]], progress: bool) -> None:
+        """Decode the selected episodes once into contiguous arrays."""
+        self.episodes: list[_Episode] = []
+        frames, actions, states, env_states = [], [], [], []
+        row = 0
+        for d, e in tqdm(pairs, desc="decoding episodes", unit="ep", disable=not progress):
+            ds = self.datasets[d]
+            data = ds.episode_data(e)
+            video = ds.episode_frames(e, self.camera)  # (T, H, W, 3)
+            n = len(video)
+            self.episodes.append(_Episode(d, e, row, n, ds.episode_task(e)))
+            frames.append(video)
+            if "action" in data:
+                actions.append(np.asarray(data["action"], np.float32).reshape(n, -1))
+            if "observation.state" in data:
+                states.append(np.asarray(data["observation.state"], np.float32).reshape(n, -1))
+            if "observation.environment_state" in data:
+                env_states.append(np.asarray(data["observation.environment_state"], np.float32).reshape(n, -1))
+            row += n
+        self.frames = np.concatenate(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # (N, H, W, 3)
+        total = len(self.frames)
+        # a feature is used only when every selected episode has it
+        self.actions = np.concatenate(actions) if len(actions) == len(pairs) and pairs else None
+        self.states = np.concatenate(states) if len(states) == len(pairs) and pairs else None
+        self.env_states = np.concatenate(env_states) if len(env_states) == len(pairs) and pairs else None
+        for arr in (self.actions, self.states, self.env_states):
+            assert arr is None or len(arr) == total
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.frames.shape[1:3])
+
+    def rows(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Row indices into the frame and action arrays for clip i, and their validity masks."""
+        slot, s = self.index[i]
+        ep = self.episodes[slot]
+        T, st = self.num_frames, self.frame_stride
+        f = s + st * np.arange(T)
+        a = s + np.arange(T * st)
+        fmask, amask = f < ep.length, a < ep.length
+        f = ep.start + np.minimum(f, ep.length - 1)
+        a = ep.start + np.minimum(a, ep.length - 1)
+        return f, fmask, a, amask
+
+    def __getitem__(self, i: int) -> dict:
+        slot, s = self.index[i]
+        ep = self.episodes[slot]
+        f, fmask, a, amask = self.rows(i)
+        item = {
+            "frames": torch.from_numpy(self.frames[f]).permute(0, 3, 1, 2).contiguous(),  # (T, 3, H, W) uint8
+            "frame_mask": torch.from_numpy(fmask),
+            "task": ep.task,
+            "episode": ep.index,
+            "source": ep.source,
+            "start": s,
+        }
+        if self.actions is not None:
+            act = self.actions[a].copy()
+            act[~amask] = 0.0
+            item["action"] = torch.from_numpy(act)
+            item["action_mask"] = torch.from_numpy(amask)
+        if self.states is not None:
+            item["state"] = torch.from_numpy(self.states[f])
+        if self.env_states is not None:
+            item["env_state"] = torch.from_numpy(self.env_states[f])
+        return item
+
+
+def frames_to_model(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float in [-1, 1]."""
+    return frames.float().div_(127.5).sub_(1.0)
+
+
+def frames_from_model(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] (..., 3, H, W) -> uint8."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -1,0 +1,172 @@
+"""Meta-World v3 environments with offscreen rendering, per-seed layouts and the scripted experts.
+
+Rendering (measured on a 2-core machine with no GPU and no display, see DESIGN.md):
+- `MUJOCO_GL=osmesa` (Debian `libosmesa6`) is the default when nothing else is set; EGL needs a GPU/DRI device.
+  Set `MUJOCO_GL=egl` yourself on a GPU machine.
+- Each env owns one `mujoco.Renderer`, which makes its own GL context current on every render, and closes it
+  with the env: several live renderers in one process otherwise give garbled frames.
+- Shadows/reflections/anti-aliasing off (`offsamples = 0`) before the first render: ~10x faster.
+- The `corner*` cameras render upside down: frames are rotated by 180 degrees.
+- Goal markers (`goal*` sites: purely visual, they never collide) are drawn `goal_marker_scale` times larger,
+  so that at 64x64 the goal that the instruction refers to is a few pixels wide, not one.
+
+Layouts: in metaworld 3.1.1 `env.reset(seed=...)` does not move objects or goals. A per-seed layout needs
+`_freeze_rand_vec = False; seeded_rand_vec = True; env.seed(s); env.reset()`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from repwam.data.tasks import instruction
+from repwam.errors import RepwamError
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+DEFAULT_CAMERA = "corner3"
+DEFAULT_IMAGE_SIZE = 64
+# Seeds below this offset are for demonstrations, seeds at or above it for evaluation: the two never overlap.
+EVAL_SEED_OFFSET = 1_000_000
+
+# Names of the 39-d Meta-World observation (goal-observable variant): current and previous frame, then goal.
+_FRAME = ["hand_x", "hand_y", "hand_z", "gripper_open"] + [
+    f"obj{i}_{c}" for i in (0, 1) for c in ("x", "y", "z", "qw", "qx", "qy", "qz")
+]
+OBS_NAMES = _FRAME + [f"prev_{n}" for n in _FRAME] + ["goal_x", "goal_y", "goal_z"]
+STATE_NAMES = ["hand_x", "hand_y", "hand_z", "gripper_open"]
+ACTION_NAMES = ["dx", "dy", "dz", "grip"]
+FPS = 80  # Meta-World control rate: timestep 2.5 ms x frame_skip 5
+
+
+def _import_metaworld():
+    try:
+        import metaworld  # noqa: F401
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+        from metaworld.policies import ENV_POLICY_MAP
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise RepwamError(f"Meta-World is not installed ({e}); install the extra: pip install 'repwam[sim]'") from e
+    return ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE, ENV_POLICY_MAP
+
+
+@dataclass
+class StepResult:
+    obs: np.ndarray  # (39,) float64
+    reward: float
+    success: bool
+    truncated: bool
+
+
+class MetaWorldEnv:
+    """One Meta-World task with a fixed camera. `reset(seed)` gives that seed's object/goal layout."""
+
+    def __init__(
+        self,
+        task: str,
+        *,
+        camera: str = DEFAULT_CAMERA,
+        image_size: int = DEFAULT_IMAGE_SIZE,
+        goal_marker_scale: float = 3.0,
+        max_steps: int = 500,
+    ):
+        import mujoco
+
+        envs, policies = _import_metaworld()
+        if camera not in CAMERAS:
+            raise RepwamError(f"unknown camera {camera!r}; Meta-World cameras: {', '.join(CAMERAS)}")
+        if f"{task}-goal-observable" not in envs:
+            raise RepwamError(f"unknown Meta-World task {task!r}")
+        self.task, self.camera, self.image_size = task, camera, image_size
+        self.instruction = instruction(task)
+        self.env = envs[f"{task}-goal-observable"]()
+        self.env.max_path_length = max_steps
+        self.max_steps = max_steps
+        self.expert = policies[task]()
+        model = self.env.model
+        model.vis.quality.offsamples = 0
+        for i in range(model.nsite):
+            if model.site(i).name.startswith("goal"):
+                model.site_size[i] *= goal_marker_scale
+        self._renderer = mujoco.Renderer(model, image_size, image_size)
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
+            self._renderer.scene.flags[flag] = False
+        self._flip = camera.startswith("corner")
+        self._obs: np.ndarray | None = None
+
+    def reset(self, seed: int) -> np.ndarray:
+        env = self.env
+        env._freeze_rand_vec = False
+        env.seeded_rand_vec = True
+        env.seed(int(seed))
+        obs, _ = env.reset()
+        self._obs = obs
+        return obs
+
+    def render(self) -> np.ndarray:
+        """(H, W, 3) uint8, the right way up."""
+        self._renderer.update_scene(self.env.data, camera=self.camera)
+        frame = self._renderer.render()
+        if self._flip:
+            frame = frame[::-1, ::-1]
+        return np.ascontiguousarray(frame)
+
+    def expert_action(self) -> np.ndarray:
+        assert self._obs is not None, "call reset() first"
+        return np.clip(self.expert.get_action(self._obs), -1.0, 1.0).astype(np.float32)
+
+    def step(self, action: np.ndarray) -> StepResult:
+        obs, reward, _, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
+        self._obs = obs
+        return StepResult(obs=obs, reward=float(reward), success=bool(info["success"]), truncated=bool(truncated))
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self.env.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def rollout_expert(env: MetaWorldEnv, seed: int, *, steps_after_success: int = 8) -> dict[str, np.ndarray | bool]:
+    """Run the scripted expert from `seed`'s layout. Frame t is observed before action t is taken.
+
+    Stops `steps_after_success` steps after the first success, or at `env.max_steps`.
+    Returns arrays with leading dim T and `success`.
+    """
+    obs = env.reset(seed)
+    frames, states, full, actions, rewards, successes = [], [], [], [], [], []
+    first_success = None
+    for t in range(env.max_steps):
+        frames.append(env.render())
+        states.append(obs[:4])
+        full.append(obs)
+        action = env.expert_action()
+        res = env.step(action)
+        actions.append(action)
+        rewards.append(res.reward)
+        successes.append(res.success)
+        obs = res.obs
+        if res.success and first_success is None:
+            first_success = t
+        if first_success is not None and t - first_success >= steps_after_success:
+            break
+        if res.truncated:
+            break
+    return {
+        "image": np.stack(frames),  # (T, H, W, 3) uint8
+        "state": np.asarray(states, np.float32),  # (T, 4)
+        "env_state": np.asarray(full, np.float32),  # (T, 39)
+        "action": np.asarray(actions, np.float32),  # (T, 4)
+        "reward": np.asarray(rewards, np.float32),  # (T,)
+        "success": np.asarray(successes, bool),  # (T,) success after taking action t
+        "episode_success": first_success is not None,
+    }

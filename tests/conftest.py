@@ -1,0 +1,47 @@
+"""Shared fixtures. The tiny Meta-World dataset is generated once per test session (shared by xdist workers)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TINY_TASKS = ["reach-v3", "drawer-open-v3", "button-press-topdown-v3"]
+TINY_EPISODES = 3
+
+
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> Path:
+    """A directory shared by all xdist workers of this session."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    d = root / "shared"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def _once(path: Path, make) -> Path:
+    """Build `path` with make(path) exactly once across processes."""
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if not (path / "meta" / "info.json").exists() and not (path / "done").exists():
+            make(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(shared_dir) -> Path:
+    """3 Meta-World tasks x 3 expert episodes at 64x64 from corner3 (a LeRobot v3.0 dataset)."""
+    from repwam.data.generate import GenerateConfig, generate
+
+    def make(p):
+        generate(p, GenerateConfig(tasks=TINY_TASKS, episodes_per_task=TINY_EPISODES, seed=0, workers=1))
+
+    return _once(shared_dir / "tiny_mw", make)

@@ -1,0 +1,115 @@
+"""Meta-World demonstrations: layouts, rendering, the generated LeRobot dataset, resume and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from repwam.data.generate import GenerateConfig, generate, layout_seed
+from repwam.data.lerobot import LeRobotDataset
+from repwam.data.sim import EVAL_SEED_OFFSET, MetaWorldEnv, rollout_expert
+from repwam.data.tasks import ALL_TASKS, INSTRUCTIONS, MT10, resolve_tasks
+from repwam.errors import RepwamError
+
+from conftest import TINY_EPISODES, TINY_TASKS
+
+
+def test_every_task_has_an_instruction_and_sets_resolve():
+    assert len(ALL_TASKS) == 50 and all(len(INSTRUCTIONS[t].split()) >= 3 for t in ALL_TASKS)
+    assert len(set(INSTRUCTIONS.values())) == 50
+    assert resolve_tasks("mt10") == MT10
+    assert resolve_tasks("reach,push-v3") == ["reach-v3", "push-v3"]
+    with pytest.raises(RepwamError, match="unknown Meta-World task 'rech'"):
+        resolve_tasks("rech")
+
+
+def test_seeds_change_layouts_and_renders_are_not_constant():
+    with MetaWorldEnv("push-v3") as env:
+        a, b, a2 = env.reset(1)[4:7].copy(), env.reset(2)[4:7].copy(), env.reset(1)[4:7].copy()
+        goal1, goal2 = env.reset(1)[36:39].copy(), env.reset(2)[36:39].copy()
+        frame = env.render()
+    assert np.allclose(a, a2), "the same seed must give the same layout"
+    assert not np.allclose(a, b) and not np.allclose(goal1, goal2), "different seeds must move object and goal"
+    assert frame.shape == (64, 64, 3) and frame.dtype == np.uint8 and frame.std() > 10
+    # demonstration and evaluation seeds never overlap
+    demo = {layout_seed(0, t, k) for t in MT10 for k in range(20)}
+    ev = {layout_seed(0, t, k, eval=True) for t in MT10 for k in range(20)}
+    assert max(demo) < EVAL_SEED_OFFSET <= min(ev)
+    assert len({layout_seed(0, "reach-v3", k) for k in range(50)}) == 50
+
+
+def test_generated_dataset_matches_what_was_recorded(tiny_dataset):
+    ds = LeRobotDataset(tiny_dataset)
+    assert ds.info["codebase_version"] == "v3.0"
+    assert ds.num_episodes == len(TINY_TASKS) * TINY_EPISODES
+    assert sorted(set(ds.tasks)) == sorted(INSTRUCTIONS[t] for t in TINY_TASKS)
+    report = json.loads((tiny_dataset / "meta" / "repwam_generation.json").read_text())
+    assert report["episodes"] == ds.num_episodes and "expert_failures" in report
+    # re-run the expert from the stored seed of one episode per task: same actions, same frames (up to the codec)
+    for e in range(0, ds.num_episodes, TINY_EPISODES):
+        meta = ds.episodes[e]
+        with MetaWorldEnv(meta["env_task"]) as env:
+            rec = rollout_expert(env, int(meta["seed"]))
+        data = ds.episode_data(e)
+        frames = ds.episode_frames(e, "observation.images.corner3")
+        assert rec["episode_success"] and bool(meta["success"])
+        np.testing.assert_array_equal(data["action"], rec["action"])
+        np.testing.assert_array_equal(data["observation.state"], rec["state"])
+        np.testing.assert_array_equal(data["observation.environment_state"], rec["env_state"])
+        assert frames.shape == rec["image"].shape
+        mse = np.mean((frames.astype(np.float64) - rec["image"]) ** 2)
+        assert 10 * np.log10(255**2 / mse) > 30, "video round trip lost too much"
+        assert bool(data["next.success"][-1]), "episodes end after the expert succeeded"
+    # stats agree with the recorded columns
+    actions = np.concatenate([ds.episode_data(e)["action"] for e in range(ds.num_episodes)])
+    st = ds.stats["action"]
+    np.testing.assert_allclose(st["mean"], actions.mean(0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(st["std"], actions.std(0), rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(st["min"], actions.min(0))
+    np.testing.assert_allclose(st["max"], actions.max(0))
+    np.testing.assert_allclose(st["q01"], np.quantile(actions, 0.01, axis=0), atol=1e-2)
+
+
+def test_interrupted_generate_resumes(tmp_path, monkeypatch):
+    from repwam.data import lerobot
+
+    out = tmp_path / "ds"
+    cfg = GenerateConfig(tasks=["reach-v3"], episodes_per_task=2, workers=1)
+    real = lerobot.LeRobotWriter.finalize
+
+    def crash(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lerobot.LeRobotWriter, "finalize", crash)
+    with pytest.raises(KeyboardInterrupt):
+        generate(out, cfg)
+    assert not (out / "meta" / "info.json").exists(), "an interrupted run must not look complete"
+    with pytest.raises(RepwamError, match="info.json"):
+        LeRobotDataset(out)
+    staged = sorted((tmp_path / "ds.partial" / "reach-v3").glob("*.npz"))
+    assert len(staged) == 2
+    mtimes = [p.stat().st_mtime_ns for p in staged]
+    monkeypatch.setattr(lerobot.LeRobotWriter, "finalize", real)
+    # other settings than the interrupted run: refused clearly
+    with pytest.raises(RepwamError, match="other settings"):
+        generate(out, GenerateConfig(tasks=["reach-v3"], episodes_per_task=2, workers=1, seed=5))
+    generate(out, cfg)  # resumes: staged episodes are not re-run
+    assert [p.stat().st_mtime_ns for p in staged if p.exists()] in ([], mtimes)
+    assert LeRobotDataset(out).num_episodes == 2
+    assert not (tmp_path / "ds.partial").exists()
+    with pytest.raises(RepwamError, match="already holds a complete dataset"):
+        generate(out, cfg)
+
+
+def test_bad_output_dirs(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RepwamError, match="cannot write"):
+        generate(blocker / "ds", GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, workers=1))
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "something.txt").write_text("x")
+    with pytest.raises(RepwamError, match="not empty"):
+        generate(other, GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, workers=1))

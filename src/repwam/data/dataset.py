@@ -25,9 +25,10 @@ from repwam.errors import RepwamError
 class _Episode:
     source: int  # which dataset
     index: int  # episode index in that dataset
-    start: int  # first row of the episode in that dataset's frame arrays
+    start: int  # first row of the episode in this ClipDataset's frame arrays
     length: int
     task: str
+    global_start: int  # first row of the episode in its source dataset (LeRobot `index`)
 
 
 def split_episodes(datasets: list[LeRobotDataset], split: str, val_fraction: float, seed: int) -> list[tuple[int, int]]:
@@ -115,6 +116,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
         pairs = episodes if episodes is not None else split_episodes(self.datasets, split, val_fraction, split_seed)
         self._load(pairs, progress)
+        self.frame_arrays: dict[str, list] = {}
         # clip index: (episode slot, start frame within the episode)
         span_valid = (self.min_valid_frames - 1) * frame_stride + 1
         self.index = [
@@ -136,7 +138,7 @@ class ClipDataset(torch.utils.data.Dataset):
             data = ds.episode_data(e)
             video = ds.episode_frames(e, self.camera)  # (T, H, W, 3)
             n = len(video)
-            self.episodes.append(_Episode(d, e, row, n, ds.episode_task(e)))
+            self.episodes.append(_Episode(d, e, row, n, ds.episode_task(e), int(ds.episodes[e]["dataset_from_index"])))
             frames.append(video)
             if "action" in data:
                 actions.append(np.asarray(data["action"], np.float32).reshape(n, -1))
@@ -153,6 +155,18 @@ class ClipDataset(torch.utils.data.Dataset):
         self.env_states = np.concatenate(env_states) if len(env_states) == len(pairs) and pairs else None
         for arr in (self.actions, self.states, self.env_states):
             assert arr is None or len(arr) == total
+
+    def attach(self, name: str, per_source: list) -> None:
+        """Return `per_source[source][global frame index]` under `name` for every frame of a clip.
+
+        per_source: one array or tensor per source dataset with one row per frame of that dataset
+        (e.g. cached teacher features)."""
+        if len(per_source) != len(self.datasets):
+            raise RepwamError(f"{name}: got arrays for {len(per_source)} datasets, expected {len(self.datasets)}")
+        for ds, arr in zip(self.datasets, per_source):
+            if len(arr) != ds.num_frames:
+                raise RepwamError(f"{name}: {len(arr)} rows for {ds.root}, which has {ds.num_frames} frames")
+        self.frame_arrays[name] = per_source
 
     def __len__(self) -> int:
         return len(self.index)
@@ -194,6 +208,10 @@ class ClipDataset(torch.utils.data.Dataset):
             item["state"] = torch.from_numpy(self.states[f])
         if self.env_states is not None:
             item["env_state"] = torch.from_numpy(self.env_states[f])
+        if self.frame_arrays:
+            g = f - ep.start + ep.global_start
+            for name, arrays in self.frame_arrays.items():
+                item[name] = torch.as_tensor(arrays[ep.source][g])
         return item
 
 

@@ -1,0 +1,409 @@
+"""RepViTok: the ViT video autoencoder of RepWAM stage [1] (visual half).
+
+A clip has T = 1 + 4k frames in [-1, 1]. The first frame is cut into p x p patches (Conv2d),
+later frames into 4 x p x p tubelets (Conv3d), giving T' = 1 + (T-1)/4 latent frames of
+L = (H/p)(W/p) tokens. A single image is the T = 1 case.
+
+    frames (B, T, 3, H, W)
+      -> PatchEmbed               (B, T', L, width)   + spatial position embedding
+      -> encoder ViT blocks       full attention within a latent frame, causal across latent frames
+      -> LatentProjection         attention layer whose output projection goes width -> d_v
+      -> LayerNorm (no affine)    z (B, T', L, d_v)
+    z -> Linear d_v -> width -> decoder ViT blocks (same mask) -> Unpatchify (ConvTranspose2d / 3d)
+      -> frames (B, T, 3, H, W)
+
+Positions. Space: an absolute embedding over the L tokens of a latent frame (learned by default,
+or fixed 2-D sin-cos), added once at the input of the encoder and of the decoder. Time: rotary
+embeddings (RoPE, Su et al. 2021) on the latent-frame index, applied to queries and keys in every
+attention layer. Tokens of the same latent frame share a temporal position, so RoPE leaves the
+spatial attention untouched and makes the cross-frame attention depend only on the *offset*
+between latent frames, never on the absolute index. With `attn_window = w` every latent frame
+attends to itself and the w-1 frames before it, so the encoder sees exactly the same relative
+geometry at latent frame 100 as at latent frame 5: it can encode videos longer than it was trained
+on (the receptive field still grows with depth: (w-1)·(depth+1) frames back through the stack).
+Without a window, clips longer than `max_latent_frames` are refused (RepwamError). The
+alternative `temporal_pos="sincos"` (an absolute sin-cos embedding over the latent-frame index)
+is kept for comparison; it formally extrapolates but feeds unseen absolute positions.
+
+The encoder output z is LayerNorm'ed without affine parameters: every latent token has zero mean
+and unit variance over its d_v channels, a fixed scale for the downstream LAT and WAM.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from repwam.errors import RepwamError
+
+
+# --------------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TokenizerConfig:
+    image_size: int = 64  # square frames, H = W = image_size
+    patch_size: int = 8  # p: spatial patch side
+    temporal_patch: int = 4  # raw frames per tubelet (latent frames > 0)
+    in_channels: int = 3
+    width: int = 128  # ViT width of encoder and decoder
+    depth: int = 4  # blocks in the encoder and (symmetrically) in the decoder
+    heads: int = 4
+    latent_dim: int = 32  # d_v
+    mlp_ratio: float = 4.0
+    max_latent_frames: int = 8  # longest clip (latent frames) accepted when attn_window is None
+    attn_window: int | None = None  # attend to the last `attn_window` latent frames (incl. own)
+    spatial_pos: str = "learned"  # "learned" | "sincos"
+    temporal_pos: str = "rope"  # "rope" (relative) | "sincos" (absolute)
+    qk_norm: bool = True  # LayerNorm on queries and keys per head (stable training)
+    grad_checkpoint: bool = False  # activation checkpointing of the ViT blocks while training
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise RepwamError(
+                f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}"
+            )
+        if self.width % self.heads:
+            raise RepwamError(f"width={self.width} is not divisible by heads={self.heads}")
+        if (self.width // self.heads) % 2:
+            raise RepwamError(f"head dim {self.width // self.heads} must be even (rotary embedding)")
+        if self.temporal_patch < 1:
+            raise RepwamError(f"temporal_patch must be >= 1, got {self.temporal_patch}")
+        if self.attn_window is not None and self.attn_window < 1:
+            raise RepwamError(f"attn_window must be None or >= 1, got {self.attn_window}")
+        if self.spatial_pos not in ("learned", "sincos"):
+            raise RepwamError(f"spatial_pos must be 'learned' or 'sincos', got {self.spatial_pos!r}")
+        if self.temporal_pos not in ("rope", "sincos"):
+            raise RepwamError(f"temporal_pos must be 'rope' or 'sincos', got {self.temporal_pos!r}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        n = self.image_size // self.patch_size
+        return (n, n)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        h, w = self.grid
+        return h * w
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TokenizerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RepwamError(f"unknown tokenizer config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TokenizerConfig":
+        if name not in PRESETS:
+            raise RepwamError(f"unknown tokenizer preset {name!r}; available: {sorted(PRESETS)}")
+        return replace(PRESETS[name], **overrides)
+
+
+PRESETS: dict[str, TokenizerConfig] = {
+    # trains on a 2-core CPU: 64x64 frames, 8x8 = 64 tokens per latent frame (~1.7M params)
+    "tiny": TokenizerConfig(image_size=64, patch_size=8, width=128, depth=4, heads=4, latent_dim=32),
+    # one GPU: 128x128 frames, 16x16 = 256 tokens per latent frame (~29M params)
+    "small": TokenizerConfig(image_size=128, patch_size=8, width=384, depth=8, heads=6, latent_dim=64),
+    # paper: 256x256, p=16, 12 layers x 768 for encoder and decoder, d_v = 96 (~176M params)
+    "base": TokenizerConfig(
+        image_size=256, patch_size=16, width=768, depth=12, heads=12, latent_dim=96, max_latent_frames=16
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# masks and positions
+# --------------------------------------------------------------------------------------------
+
+
+def block_causal_mask(
+    num_frames: int, tokens_per_frame: int, window: int | None = None, device=None
+) -> torch.Tensor:
+    """Boolean attention mask (N, N), N = num_frames * tokens_per_frame; True = may attend.
+
+    Query token in latent frame i attends to key token in latent frame j iff j <= i (causal
+    across frames, full within a frame) and, with a window, i - j < window (the last `window`
+    latent frames, its own included).
+    """
+    frame = torch.arange(num_frames, device=device).repeat_interleave(tokens_per_frame)  # (N,)
+    q, k = frame[:, None], frame[None, :]
+    mask = k <= q
+    if window is not None:
+        mask = mask & (q - k < window)
+    return mask
+
+
+def sincos_1d(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Fixed sin-cos embedding (Vaswani et al.): positions (N,) -> (N, dim)."""
+    half = dim // 2
+    freq = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / half)
+    ang = positions.float()[:, None] * freq[None]  # (N, half)
+    return torch.cat([ang.sin(), ang.cos()], dim=-1)
+
+
+def sincos_2d(h: int, w: int, dim: int) -> torch.Tensor:
+    """2-D sin-cos embedding (MAE / DiT): half the channels encode rows, half columns -> (h*w, dim)."""
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.cat([sincos_1d(ys.flatten(), dim // 2), sincos_1d(xs.flatten(), dim // 2)], dim=-1)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, base: float = 10000.0):
+    """Rotary tables for integer positions (N,) -> cos, sin each (N, head_dim/2)."""
+    half = head_dim // 2
+    inv_freq = base ** (-torch.arange(half, device=positions.device, dtype=torch.float32) / half)
+    ang = positions.float()[:, None] * inv_freq[None]
+    return ang.cos(), ang.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, heads, N, head_dim) by the angles of its positions (half-split convention)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# layers
+# --------------------------------------------------------------------------------------------
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with masked SDPA and temporal RoPE; out_dim may differ from dim."""
+
+    def __init__(self, dim: int, heads: int, out_dim: int | None = None, qk_norm: bool = True):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, out_dim or dim)
+
+    def forward(self, x, mask=None, rope=None):
+        # x (B, N, dim); mask (N, N) bool or None; rope (cos, sin) each (N, head_dim/2) or None
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, N, d)
+        return self.proj(rearrange(y, "b h n d -> b n (h d)"))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, qk_norm=qk_norm)
+        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, int(dim * mlp_ratio))
+
+    def forward(self, x, mask=None, rope=None):
+        x = x + self.attn(self.norm1(x), mask, rope)
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Frame 0 -> p x p patches (Conv2d); frames 1.. -> tp x p x p tubelets (Conv3d)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        p, tp = cfg.patch_size, cfg.temporal_patch
+        self.image_proj = nn.Conv2d(cfg.in_channels, cfg.width, kernel_size=p, stride=p)
+        self.tubelet_proj = nn.Conv3d(cfg.in_channels, cfg.width, kernel_size=(tp, p, p), stride=(tp, p, p))
+
+    def forward(self, frames):
+        # frames (B, T, C, H, W) -> tokens (B, T', L, width)
+        x0 = self.image_proj(frames[:, 0])  # (B, width, h, w)
+        tokens = [rearrange(x0, "b c h w -> b 1 (h w) c")]
+        if frames.shape[1] > 1:
+            xt = self.tubelet_proj(rearrange(frames[:, 1:], "b t c h w -> b c t h w"))  # (B, width, k, h, w)
+            tokens.append(rearrange(xt, "b c t h w -> b t (h w) c"))
+        return torch.cat(tokens, dim=1)
+
+
+class Unpatchify(nn.Module):
+    """Tokens -> pixels with transposed convolutions: latent frame 0 -> one frame, others -> tp frames."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        p, tp = cfg.patch_size, cfg.temporal_patch
+        self.grid = cfg.grid
+        self.image_head = nn.ConvTranspose2d(cfg.width, cfg.in_channels, kernel_size=p, stride=p)
+        self.tubelet_head = nn.ConvTranspose3d(
+            cfg.width, cfg.in_channels, kernel_size=(tp, p, p), stride=(tp, p, p)
+        )
+
+    def forward(self, x):
+        # x (B, T', L, width) -> frames (B, T, C, H, W), T = 1 + tp (T' - 1)
+        h, w = self.grid
+        f0 = self.image_head(rearrange(x[:, 0], "b (h w) c -> b c h w", h=h, w=w))  # (B, C, H, W)
+        out = [f0[:, None]]
+        if x.shape[1] > 1:
+            ft = self.tubelet_head(rearrange(x[:, 1:], "b t (h w) c -> b c t h w", h=h, w=w))
+            out.append(rearrange(ft, "b c t h w -> b t c h w"))
+        return torch.cat(out, dim=1)
+
+
+# --------------------------------------------------------------------------------------------
+# the tokenizer
+# --------------------------------------------------------------------------------------------
+
+
+class RepViTok(nn.Module):
+    """Causal ViT video autoencoder: frames (B, T, 3, H, W) in [-1, 1] <-> z (B, T', L, d_v)."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        L, D = cfg.tokens_per_frame, cfg.width
+        self.patch_embed = PatchEmbed(cfg)
+        if cfg.spatial_pos == "learned":
+            self.enc_pos = nn.Parameter(torch.zeros(L, D))
+            self.dec_pos = nn.Parameter(torch.zeros(L, D))
+        else:
+            self.register_buffer("enc_pos", sincos_2d(*cfg.grid, D), persistent=False)
+            self.register_buffer("dec_pos", sincos_2d(*cfg.grid, D), persistent=False)
+        mk = lambda: Block(D, cfg.heads, cfg.mlp_ratio, cfg.qk_norm)  # noqa: E731
+        self.encoder = nn.ModuleList([mk() for _ in range(cfg.depth)])
+        self.enc_norm = nn.LayerNorm(D)
+        # attention-based projection to the latent width, then a parameter-free LayerNorm
+        self.latent_proj = Attention(D, cfg.heads, out_dim=cfg.latent_dim, qk_norm=cfg.qk_norm)
+        self.latent_norm = nn.LayerNorm(cfg.latent_dim, elementwise_affine=False)
+
+        self.dec_in = nn.Linear(cfg.latent_dim, D)
+        self.decoder = nn.ModuleList([mk() for _ in range(cfg.depth)])
+        self.dec_norm = nn.LayerNorm(D)
+        self.unpatchify = Unpatchify(cfg)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        if self.cfg.spatial_pos == "learned":
+            nn.init.normal_(self.enc_pos, std=0.02)
+            nn.init.normal_(self.dec_pos, std=0.02)
+
+    # ---- shapes and validation ----
+
+    @property
+    def latent_grid(self) -> tuple[int, int]:
+        return self.cfg.grid
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.cfg.tokens_per_frame
+
+    def num_latent_frames(self, num_frames: int) -> int:
+        tp = self.cfg.temporal_patch
+        if num_frames < 1 or (num_frames - 1) % tp:
+            accepted = ", ".join(str(1 + tp * k) for k in range(4))
+            raise RepwamError(
+                f"got T={num_frames} frames; the tokenizer accepts T = 1 + {tp}k frames ({accepted}, ...)"
+            )
+        return 1 + (num_frames - 1) // tp
+
+    def num_frames(self, num_latent_frames: int) -> int:
+        return 1 + self.cfg.temporal_patch * (num_latent_frames - 1)
+
+    def _check_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        c, s = self.cfg.in_channels, self.cfg.image_size
+        if frames.ndim == 4:  # (B, C, H, W): a batch of single images, T = 1
+            frames = frames[:, None]
+        if frames.ndim != 5 or tuple(frames.shape[2:]) != (c, s, s):
+            raise RepwamError(
+                f"got frames of shape {tuple(frames.shape)}; the tokenizer accepts (B, T, {c}, {s}, {s}) "
+                f"(image_size={s}) or (B, {c}, {s}, {s}) for single images"
+            )
+        self._check_length(self.num_latent_frames(frames.shape[1]))
+        return frames
+
+    def _check_length(self, t_lat: int):
+        if self.cfg.attn_window is None and t_lat > self.cfg.max_latent_frames:
+            raise RepwamError(
+                f"clip has {t_lat} latent frames but max_latent_frames={self.cfg.max_latent_frames} and "
+                "no attn_window is set; set attn_window to encode longer videos, or encode shorter clips"
+            )
+
+    # ---- attention context ----
+
+    def _context(self, t_lat: int, device):
+        """Mask and temporal rotary tables for a sequence of t_lat latent frames."""
+        L = self.cfg.tokens_per_frame
+        mask = None if t_lat == 1 else block_causal_mask(t_lat, L, self.cfg.attn_window, device=device)
+        rope = None
+        if self.cfg.temporal_pos == "rope":
+            pos = torch.arange(t_lat, device=device).repeat_interleave(L)  # (N,) latent-frame index
+            rope = rope_cos_sin(pos, self.cfg.width // self.cfg.heads)
+        return mask, rope
+
+    def _add_pos(self, x, pos):
+        # x (B, T', L, D); pos (L, D) spatial [+ absolute temporal sin-cos]
+        x = x + pos.to(x.dtype)
+        if self.cfg.temporal_pos == "sincos":
+            t = sincos_1d(torch.arange(x.shape[1], device=x.device), x.shape[-1])  # (T', D)
+            x = x + t[:, None].to(x.dtype)
+        return rearrange(x, "b t l d -> b (t l) d")
+
+    def _run(self, blocks, x, mask, rope):
+        for blk in blocks:
+            if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, mask, rope, use_reentrant=False)
+            else:
+                x = blk(x, mask, rope)
+        return x
+
+    # ---- API ----
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, 3, H, W) in [-1, 1], T = 1 + 4k -> z (B, T', L, d_v)."""
+        frames = self._check_frames(frames)
+        x = self.patch_embed(frames)  # (B, T', L, D)
+        t_lat = x.shape[1]
+        mask, rope = self._context(t_lat, x.device)
+        x = self._run(self.encoder, self._add_pos(x, self.enc_pos), mask, rope)  # (B, T'L, D)
+        z = self.latent_norm(self.latent_proj(self.enc_norm(x), mask, rope))  # (B, T'L, d_v)
+        return rearrange(z, "b (t l) c -> b t l c", t=t_lat)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, T', L, d_v) -> frames (B, 1 + 4(T'-1), 3, H, W)."""
+        L, dv = self.cfg.tokens_per_frame, self.cfg.latent_dim
+        if z.ndim != 4 or tuple(z.shape[2:]) != (L, dv):
+            raise RepwamError(f"got latents of shape {tuple(z.shape)}; the decoder accepts (B, T', {L}, {dv})")
+        t_lat = z.shape[1]
+        self._check_length(t_lat)
+        mask, rope = self._context(t_lat, z.device)
+        x = self._run(self.decoder, self._add_pos(self.dec_in(z), self.dec_pos), mask, rope)
+        x = rearrange(self.dec_norm(x), "b (t l) d -> b t l d", t=t_lat)
+        return self.unpatchify(x)
+
+    def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, T, 3, H, W) -> (recon (B, T, 3, H, W), z (B, T', L, d_v))."""
+        z = self.encode(frames)
+        return self.decode(z), z
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())

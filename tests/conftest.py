@@ -7,10 +7,14 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Two xdist workers share two cores: one thread each. (Two threads per process on a busy 2-core machine made
+# tiny training steps ~10x slower.)
+torch.set_num_threads(1)
 
 TINY_TASKS = ["reach-v3", "drawer-open-v3", "button-press-topdown-v3"]
 TINY_EPISODES = 3
@@ -45,3 +49,20 @@ def tiny_dataset(shared_dir) -> Path:
         generate(p, GenerateConfig(tasks=TINY_TASKS, episodes_per_task=TINY_EPISODES, seed=0, workers=1))
 
     return _once(shared_dir / "tiny_mw", make)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(shared_dir, tiny_dataset) -> Path:
+    """A tokenizer checkpoint trained for a few steps on the tiny dataset, aligned to EfficientNet-Lite0."""
+    from repwam.train.common import OptimConfig
+    from repwam.train.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+    def make(p):
+        cfg = TokenizerTrainConfig(
+            teacher="efficientnet-lite0", teacher_layer="stage5", num_frames=5,
+            optim=OptimConfig(steps=4, batch_size=4, save_every=2, log_every=1, image_every=2, warmup=1),
+        )
+        train_tokenizer(cfg, [tiny_dataset], p / "run", progress=False)
+        (p / "done").touch()
+
+    return _once(shared_dir / "tiny_tok", make) / "run" / "checkpoints" / "last"

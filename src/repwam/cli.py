@@ -13,7 +13,20 @@ from repwam.errors import RepwamError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="World action models on representation tokenizers.")
 data_app = typer.Typer(no_args_is_help=True, help="Generate, inspect and view LeRobot v3.0 datasets.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a stage: tokenizer, lat.")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a stage on held-out episodes.")
 app.add_typer(data_app, name="data")
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+
+
+def _optim(steps, batch_size, lr, seed, workers, bf16, save_every=None):
+    from repwam.train.common import OptimConfig
+
+    o = OptimConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, num_workers=workers, bf16=bf16)
+    if save_every:
+        o.save_every = save_every
+    return o
 
 
 @data_app.command("generate")
@@ -70,6 +83,71 @@ def data_view(
     from repwam.data.inspect import view_episode
 
     typer.echo(str(view_episode(root, episode, out, camera)))
+
+
+@train_app.command("tokenizer")
+def train_tokenizer_cmd(
+    data: list[Path] = typer.Option(..., "--data", "-d", help="LeRobot v3.0 dataset(s); repeat for several"),
+    out: Path = typer.Option(..., "--out", "-o", help="run directory"),
+    preset: str = typer.Option("tiny", help="tiny | small | base"),
+    teacher: str = typer.Option("efficientnet-lite0", help="frozen teacher to align to; none = reconstruction only"),
+    teacher_layer: Optional[str] = typer.Option(None, help="teacher feature map (default: the teacher's default)"),
+    teacher_path: Optional[str] = typer.Option(None, help="local weights for dinov2 / siglip2 / pe-core / privileged"),
+    align_weight: float = typer.Option(1.0, help="lambda_align"),
+    perceptual_weight: float = typer.Option(1.0),
+    gan_weight: float = typer.Option(0.0, help="0.1 in the paper; off by default at tiny scale"),
+    num_frames: int = typer.Option(5, help="frames per clip, T = 1 + 4k"),
+    frame_stride: int = typer.Option(1),
+    steps: int = typer.Option(3000),
+    batch_size: int = typer.Option(16),
+    lr: float = typer.Option(4e-4),
+    save_every: int = typer.Option(500),
+    seed: int = typer.Option(0),
+    workers: int = typer.Option(0, help="DataLoader workers"),
+    bf16: bool = typer.Option(False, help="bfloat16 autocast"),
+    resume: bool = typer.Option(False, help="continue the run in --out"),
+):
+    """Train the RepViTok visual tokenizer (aligned to a frozen teacher, or reconstruction-only with --teacher none)."""
+    from repwam.train.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+    cfg = TokenizerTrainConfig(
+        preset=preset, teacher=teacher, teacher_layer=teacher_layer, teacher_path=teacher_path,
+        align_weight=align_weight if teacher != "none" else 0.0, perceptual_weight=perceptual_weight,
+        gan_weight=gan_weight, num_frames=num_frames, frame_stride=frame_stride,
+        optim=_optim(steps, batch_size, lr, seed, workers, bf16, save_every),
+    )
+    typer.echo(f"checkpoint: {train_tokenizer(cfg, data, out, resume=resume)}")
+
+
+@eval_app.command("tokenizer")
+def eval_tokenizer_cmd(
+    checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help="tokenizer checkpoint(s); repeat to compare"),
+    data: list[Path] = typer.Option(..., "--data", "-d"),
+    out: Path = typer.Option(Path("outputs/eval_tokenizer"), "--out", "-o", help="results directory"),
+    reference_teacher: str = typer.Option("efficientnet-lite0", help="teacher for the cosine column"),
+):
+    """PSNR, SSIM, teacher cosine and state-probe R² on held-out episodes; prints a markdown table."""
+    from repwam.eval.tokenizer import evaluate_tokenizer, format_table, save_results
+
+    results = [evaluate_tokenizer(c, data, reference_teacher=reference_teacher, out_dir=out) for c in checkpoint]
+    save_results(results, out / "results.json")
+    table = format_table(results)
+    (out / "table.md").write_text(table + "\n")
+    typer.echo(table)
+
+
+@app.command("tokenize")
+def tokenize_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
+    data: list[Path] = typer.Option(..., "--data", "-d"),
+    name: Optional[str] = typer.Option(None, help="cache name (default: the tokenizer run's name)"),
+):
+    """Encode whole datasets into the latent cache (<data>/cache/latents/<name>/) used by the later stages."""
+    from repwam.tokenizer.tokenize import tokenize_dataset
+
+    for root in data:
+        cache = tokenize_dataset(checkpoint, root, name=name)
+        typer.echo(f"latents: {cache.path}")
 
 
 def main() -> None:

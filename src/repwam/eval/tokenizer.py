@@ -1,0 +1,161 @@
+"""`repwam eval tokenizer`: reconstruction, teacher agreement and a state probe on held-out episodes.
+
+- PSNR and SSIM of the reconstructions.
+- Teacher cosine: per-token cosine between a linear map of z and the reference teacher's features (layer-normed),
+  the map fitted by ridge on training episodes, so aligned and reconstruction-only latents are compared alike
+  (`teacher_cosine_head` is the trained W_align of an aligned tokenizer, when there is one).
+- State probe: ridge regression from a latent frame (all its tokens) to the simulator state at the last raw
+  frame it covers (hand position, gripper opening, object position, goal position); R² on held-out episodes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from repwam.data.dataset import ClipDataset, frames_from_model, frames_to_model
+from repwam.eval.probes import STATE_GROUPS, grouped_r2, ridge_probe
+from repwam.tokenizer.teachers import build_teacher
+from repwam.train.tokenizer import clip_targets, load_tokenizer, teacher_cache
+
+PROBE_COLUMNS = [c for cols in STATE_GROUPS.values() for c in cols]
+
+
+def last_covered_frame(num_latent_frames: int, temporal_patch: int = 4) -> list[int]:
+    """Index (within the clip) of the last raw frame each latent frame covers: 0, 4, 8, ..."""
+    return [temporal_patch * j for j in range(num_latent_frames)]
+
+
+@torch.no_grad()
+def encode_split(model, ds: ClipDataset, grid, batch_size: int = 32, max_clips: int | None = None, progress=True):
+    """Encode clips; return per-latent-frame features, state targets, teacher targets, metrics and a sample."""
+    from pytorch_msssim import ssim
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
+    zs, states, teach, psnr, ssims, episodes = [], [], [], [], [], []
+    sample = None
+    n = 0
+    for batch in tqdm(loader, desc="encoding", unit="batch", disable=not progress, leave=False):
+        x = frames_to_model(batch["frames"])
+        recon, z = model(x)  # (B, T, 3, H, W), (B, T', L, d)
+        recon = recon.clamp(-1, 1)
+        a, b = (recon + 1) / 2, (x + 1) / 2
+        mse = (a - b).square().flatten(1).mean(1)
+        psnr.append(10 * torch.log10(1 / mse.clamp_min(1e-10)))
+        ssims.append(ssim(a.flatten(0, 1), b.flatten(0, 1), data_range=1.0, size_average=False, win_size=7))
+        t_lat = z.shape[1]
+        idx = last_covered_frame(t_lat)
+        zs.append(z.flatten(2).reshape(-1, z.shape[2] * z.shape[3]))  # (B*T', L*d)
+        states.append(batch["env_state"][:, idx].reshape(-1, batch["env_state"].shape[-1]))
+        episodes.append(batch["episode"].repeat_interleave(t_lat) + 100000 * batch["source"].repeat_interleave(t_lat))
+        if "teacher" in batch:
+            teach.append((z, clip_targets(batch["teacher"], grid)))
+        if sample is None:
+            sample = (x[:6], recon[:6])
+        n += len(x)
+        if max_clips and n >= max_clips:
+            break
+    return {
+        "z": torch.cat(zs).numpy(),
+        "state": torch.cat(states).numpy(),
+        "episode": torch.cat(episodes).numpy(),
+        "psnr": torch.cat(psnr).numpy(),
+        "ssim": torch.cat(ssims).numpy(),
+        "teacher": teach,
+        "sample": sample,
+    }
+
+
+def _token_pairs(teach, max_tokens: int, seed: int = 0):
+    z = torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in teach])
+    t = torch.cat([b.reshape(-1, b.shape[-1]) for _, b in teach])
+    t = F.layer_norm(t.float(), t.shape[-1:])
+    if len(z) > max_tokens:
+        keep = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:max_tokens]
+        z, t = z[keep], t[keep]
+    return z.numpy(), t.numpy()
+
+
+def save_recon_grid(sample, path: Path) -> Path:
+    from PIL import Image
+
+    x, r = (frames_from_model(s) for s in sample)  # (n, T, 3, H, W)
+    rows = [torch.cat([torch.cat(list(x[i]), 2), torch.cat(list(r[i]), 2)], 2) for i in range(len(x))]
+    Image.fromarray(torch.cat(rows, 1).permute(1, 2, 0).numpy()).save(path)
+    return path
+
+
+def evaluate_tokenizer(checkpoint: str | Path, data: list[str | Path], *, reference_teacher: str = "efficientnet-lite0",
+                       val_fraction: float = 0.1, max_train_clips: int = 1500, out_dir: str | Path | None = None,
+                       progress: bool = True) -> dict:
+    model, cfg, head = load_tokenizer(checkpoint, with_align_head=True)
+    grid = model.latent_grid
+    T, stride = cfg["num_frames"], cfg["frame_stride"]
+    step = max(1, (T - 1) * stride)
+    sets = {
+        split: ClipDataset(data, num_frames=T, frame_stride=stride, split=split, val_fraction=val_fraction,
+                           clip_step=step, progress=progress)
+        for split in ("train", "val")
+    }
+    teacher = build_teacher(reference_teacher) if reference_teacher != "none" else None
+    if teacher is not None:
+        feats = [teacher_cache(root, teacher, grid) for root in data]
+        for ds in sets.values():
+            ds.attach("teacher", feats)
+    enc = {s: encode_split(model, ds, grid, max_clips=max_train_clips if s == "train" else None, progress=progress)
+           for s, ds in sets.items()}
+    tr, va = enc["train"], enc["val"]
+    r2, _ = ridge_probe(tr["z"], tr["state"][:, PROBE_COLUMNS], va["z"], va["state"][:, PROBE_COLUMNS])
+    probe = grouped_r2(r2, STATE_GROUPS, PROBE_COLUMNS)
+    result = {
+        "checkpoint": str(checkpoint),
+        "teacher": cfg["teacher"].get("name", "none"),
+        "teacher_layer": cfg["teacher"].get("layer"),
+        "align_weight": cfg.get("align_weight", 0.0),
+        "step": cfg.get("step"),
+        "val_clips": int(len(va["psnr"])),
+        "psnr": float(va["psnr"].mean()),
+        "ssim": float(va["ssim"].mean()),
+        "state_probe_r2": probe,
+    }
+    if teacher is not None:
+        ztr, ttr = _token_pairs(tr["teacher"], 40000)
+        zva, tva = _token_pairs(va["teacher"], 40000, seed=1)
+        _, pred = ridge_probe(ztr, ttr, zva, tva)
+        cos = (pred * tva).sum(1) / (np.linalg.norm(pred, axis=1) * np.linalg.norm(tva, axis=1) + 1e-8)
+        result["reference_teacher"] = reference_teacher
+        result["teacher_cosine_linear"] = float(cos.mean())
+        if head is not None and cfg["teacher"].get("name") == reference_teacher:
+            from repwam.tokenizer.losses import teacher_cosine
+
+            result["teacher_cosine_head"] = float(np.mean([float(teacher_cosine(z, t, head)) for z, t in va["teacher"]]))
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        name = Path(checkpoint).resolve().parent.parent.name if Path(checkpoint).name == "last" else Path(checkpoint).name
+        result["recon_grid"] = str(save_recon_grid(va["sample"], out_dir / f"recon_{name}.png"))
+    return result
+
+
+def format_table(results: list[dict]) -> str:
+    head = "| tokenizer | teacher (layer) | PSNR ↑ | SSIM ↑ | teacher cos (linear) ↑ | state R² mean ↑ | hand | gripper | object | goal |"
+    lines = [head, "|" + "---|" * 10]
+    for r in results:
+        p = r["state_probe_r2"]
+        teacher = r["teacher"] if r["teacher"] == "none" else f"{r['teacher']} ({r.get('teacher_layer')})"
+        cos = r.get("teacher_cosine_linear", float("nan"))
+        lines.append(
+            f"| {Path(r['checkpoint']).parent.parent.name} | {teacher} | {r['psnr']:.2f} | {r['ssim']:.3f} | {cos:.3f} | "
+            f"{p['mean']:.3f} | {p['hand']:.3f} | {p['gripper']:.3f} | {p['object']:.3f} | {p['goal']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def save_results(results: list[dict], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(results, indent=1))

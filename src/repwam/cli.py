@@ -18,6 +18,8 @@ eval_app = typer.Typer(no_args_is_help=True, help="Evaluate a stage on held-out 
 app.add_typer(data_app, name="data")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
+lat_app = typer.Typer(no_args_is_help=True, help="Latent action tokenizer: label datasets with latent actions.")
+app.add_typer(lat_app, name="lat")
 
 
 def _optim(steps, batch_size, lr, seed, workers, bf16, save_every=None):
@@ -93,6 +95,7 @@ def train_tokenizer_cmd(
     teacher: str = typer.Option("efficientnet-lite0", help="frozen teacher to align to; none = reconstruction only"),
     teacher_layer: Optional[str] = typer.Option(None, help="teacher feature map (default: the teacher's default)"),
     teacher_path: Optional[str] = typer.Option(None, help="local weights for dinov2 / siglip2 / pe-core / privileged"),
+    teacher_input_size: Optional[int] = typer.Option(None, help="resize frames to this for the teacher"),
     align_weight: float = typer.Option(1.0, help="lambda_align"),
     perceptual_weight: float = typer.Option(1.0),
     gan_weight: float = typer.Option(0.0, help="0.1 in the paper; off by default at tiny scale"),
@@ -112,6 +115,7 @@ def train_tokenizer_cmd(
 
     cfg = TokenizerTrainConfig(
         preset=preset, teacher=teacher, teacher_layer=teacher_layer, teacher_path=teacher_path,
+        teacher_input_size=teacher_input_size,
         align_weight=align_weight if teacher != "none" else 0.0, perceptual_weight=perceptual_weight,
         gan_weight=gan_weight, num_frames=num_frames, frame_stride=frame_stride,
         optim=_optim(steps, batch_size, lr, seed, workers, bf16, save_every),
@@ -148,6 +152,72 @@ def tokenize_cmd(
     for root in data:
         cache = tokenize_dataset(checkpoint, root, name=name)
         typer.echo(f"latents: {cache.path}")
+
+
+@train_app.command("lat")
+def train_lat_cmd(
+    data: list[Path] = typer.Option(..., "--data", "-d"),
+    out: Path = typer.Option(..., "--out", "-o"),
+    latents: Optional[str] = typer.Option(None, help="latent cache name (written by `repwam tokenize`)"),
+    tokenizer: Optional[Path] = typer.Option(None, help="tokenizer checkpoint: tokenize the data first if not cached"),
+    preset: str = typer.Option("tiny", help="tiny | paper"),
+    quantizer: Optional[str] = typer.Option(None, help="fsq | vq: the quantized (LAPA-style) baseline"),
+    action_dim: int = typer.Option(4),
+    pool: str = typer.Option("attn", help="attn | mean | flatten"),
+    steps: int = typer.Option(3000),
+    batch_size: int = typer.Option(64),
+    lr: float = typer.Option(1e-3),
+    save_every: int = typer.Option(500),
+    seed: int = typer.Option(0),
+    resume: bool = typer.Option(False),
+):
+    """Train the latent action tokenizer (IDM + FDM) on frozen visual latents."""
+    from repwam.tokenizer.tokenize import tokenize_dataset
+    from repwam.train.lat import LATTrainConfig, train_lat
+
+    if tokenizer is not None:
+        latents = [tokenize_dataset(tokenizer, root, name=latents) for root in data][0].path.name
+    if not latents:
+        raise RepwamError("pass --latents NAME (a cache written by `repwam tokenize`) or --tokenizer CHECKPOINT")
+    cfg = LATTrainConfig(preset=preset, latents=latents, quantizer=quantizer, action_dim=action_dim, pool=pool,
+                         optim=_optim(steps, batch_size, lr, seed, 0, False, save_every))
+    typer.echo(f"checkpoint: {train_lat(cfg, data, out, resume=resume)}")
+
+
+@lat_app.command("label")
+def lat_label_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", "-c"),
+    data: list[Path] = typer.Option(..., "--data", "-d"),
+    latents: Optional[str] = typer.Option(None, help="latent cache (default: the one the LAT was trained on)"),
+):
+    """Write the latent action of every transition into <data>/cache/latent_actions/<lat run>/."""
+    from repwam.train.lat import label_dataset
+
+    for root in data:
+        typer.echo(f"latent actions: {label_dataset(checkpoint, root, latents=latents).path}")
+
+
+@eval_app.command("lat")
+def eval_lat_cmd(
+    checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help="LAT checkpoint(s); repeat to compare"),
+    data: list[Path] = typer.Option(..., "--data", "-d"),
+    out: Path = typer.Option(Path("outputs/eval_lat"), "--out", "-o"),
+    picture: bool = typer.Option(True, help="save the transfer picture of each LAT"),
+):
+    """Forward error vs copy-last, action probe R², transfer pictures; prints a markdown table."""
+    from repwam.eval.lat import evaluate_lat, format_table, save_results, transfer_picture
+    from repwam.tokenizer.tokenize import latent_cache_name
+
+    results = []
+    for c in checkpoint:
+        r = evaluate_lat(c, data)
+        if picture:
+            r["transfer_picture"] = str(transfer_picture(c, data[0], out / f"transfer_{latent_cache_name(c)}.png"))
+        results.append(r)
+    save_results(results, out / "results.json")
+    table = format_table(results)
+    (out / "table.md").write_text(table + "\n")
+    typer.echo(table)
 
 
 def main() -> None:

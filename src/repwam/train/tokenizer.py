@@ -32,6 +32,7 @@ class TokenizerTrainConfig:
     teacher: str = "efficientnet-lite0"  # "none": the reconstruction-only ablation (ViTok)
     teacher_layer: str | None = None
     teacher_path: str | None = None
+    teacher_input_size: int | None = None  # frames are resized to this before the teacher (None: its default)
     num_frames: int = 5  # T = 1 + 4k raw frames per clip
     frame_stride: int = 1
     l1_weight: float = 1.0
@@ -51,7 +52,8 @@ def teacher_cache(root: str | Path, teacher: Teacher, latent_grid: tuple[int, in
     """
     ds = LeRobotDataset(root)
     spec = teacher_spec(teacher)
-    name = f"{spec['name']}-{spec.get('layer') or 'default'}-{latent_grid[0]}x{latent_grid[1]}"
+    size = f"-in{spec['input_size']}" if spec.get("input_size") else ""
+    name = f"{spec['name']}-{spec.get('layer') or 'default'}{size}-{latent_grid[0]}x{latent_grid[1]}"
     cache = ShardedCache(cache_dir(ds.root, "teacher", name))
     meta = {"teacher": spec, "latent_grid": list(latent_grid), "num_frames": ds.num_frames, "camera": ds.camera_keys[0]}
     if not (cache.exists() and cache.meta == meta):
@@ -115,7 +117,8 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], out: str 
     model = RepViTok(tok_cfg)
     teacher = None
     if cfg.teacher != "none" and cfg.align_weight > 0:
-        kw = {k: v for k, v in (("layer", cfg.teacher_layer), ("path_or_id", cfg.teacher_path)) if v is not None}
+        kw = {k: v for k, v in (("layer", cfg.teacher_layer), ("path_or_id", cfg.teacher_path),
+                                ("input_size", cfg.teacher_input_size)) if v is not None}
         teacher = build_teacher(cfg.teacher, **kw)
     grid = model.latent_grid
 
@@ -193,7 +196,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], out: str 
             scalars = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
             scalars.update({"train/grad_norm": float(gnorm), "train/lr": sched.get_last_lr()[0]})
             run.log(step, scalars)
-            bar.set_postfix(loss=f"{float(losses['loss']):.4f}", l1=f"{float(losses['l1']):.4f}")
+            bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", l1=f"{float(losses['l1'].detach()):.4f}")
         if step % o.image_every == 0 or step == o.steps:
             run.log_image(step, "recon", _grid_image(x.detach(), recon.detach().float()))
         if step % o.save_every == 0 or step == o.steps:

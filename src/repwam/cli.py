@@ -128,12 +128,15 @@ def eval_tokenizer_cmd(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help="tokenizer checkpoint(s); repeat to compare"),
     data: list[Path] = typer.Option(..., "--data", "-d"),
     out: Path = typer.Option(Path("outputs/eval_tokenizer"), "--out", "-o", help="results directory"),
-    reference_teacher: str = typer.Option("efficientnet-lite0", help="teacher for the cosine column"),
+    reference_teacher: str = typer.Option(
+        "efficientnet-lite0", help="teacher for the cosine column (with the layer/input size of an aligned checkpoint's)"
+    ),
 ):
     """PSNR, SSIM, teacher cosine and state-probe R² on held-out episodes; prints a markdown table."""
-    from repwam.eval.tokenizer import evaluate_tokenizer, format_table, save_results
+    from repwam.eval.tokenizer import evaluate_tokenizer, format_table, reference_spec, save_results
 
-    results = [evaluate_tokenizer(c, data, reference_teacher=reference_teacher, out_dir=out) for c in checkpoint]
+    ref = reference_spec(checkpoint, reference_teacher)
+    results = [evaluate_tokenizer(c, data, reference_teacher=ref, out_dir=out) for c in checkpoint]
     save_results(results, out / "results.json")
     table = format_table(results)
     (out / "table.md").write_text(table + "\n")

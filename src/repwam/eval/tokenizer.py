@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from repwam.data.dataset import ClipDataset, frames_from_model, frames_to_model
 from repwam.eval.probes import STATE_GROUPS, grouped_r2, ridge_probe
-from repwam.tokenizer.teachers import build_teacher
+from repwam.tokenizer.teachers import build_teacher, build_teacher_from_spec, teacher_spec
 from repwam.train.tokenizer import clip_targets, load_tokenizer, teacher_cache
 
 PROBE_COLUMNS = [c for cols in STATE_GROUPS.values() for c in cols]
@@ -90,7 +90,19 @@ def save_recon_grid(sample, path: Path) -> Path:
     return path
 
 
-def evaluate_tokenizer(checkpoint: str | Path, data: list[str | Path], *, reference_teacher: str = "efficientnet-lite0",
+def reference_spec(checkpoints: list[str | Path], name: str) -> dict | str:
+    """The teacher spec (layer, input size) an aligned checkpoint among `checkpoints` used, if its teacher is `name`:
+    the cosine column then measures agreement with exactly the teacher that was aligned to."""
+    from repwam.checkpoint import read_config
+
+    for c in checkpoints:
+        spec = read_config(c).get("teacher") or {}
+        if spec.get("name") == name:
+            return spec
+    return name
+
+
+def evaluate_tokenizer(checkpoint: str | Path, data: list[str | Path], *, reference_teacher: str | dict = "efficientnet-lite0",
                        val_fraction: float = 0.1, max_train_clips: int = 1500, out_dir: str | Path | None = None,
                        progress: bool = True) -> dict:
     model, cfg, head = load_tokenizer(checkpoint, with_align_head=True)
@@ -102,7 +114,11 @@ def evaluate_tokenizer(checkpoint: str | Path, data: list[str | Path], *, refere
                            clip_step=step, progress=progress)
         for split in ("train", "val")
     }
-    teacher = build_teacher(reference_teacher) if reference_teacher != "none" else None
+    teacher = None
+    if isinstance(reference_teacher, dict):
+        teacher = build_teacher_from_spec(reference_teacher)
+    elif reference_teacher != "none":
+        teacher = build_teacher(reference_teacher)
     if teacher is not None:
         feats = [teacher_cache(root, teacher, grid) for root in data]
         for ds in sets.values():
@@ -128,9 +144,9 @@ def evaluate_tokenizer(checkpoint: str | Path, data: list[str | Path], *, refere
         zva, tva = _token_pairs(va["teacher"], 40000, seed=1)
         _, pred = ridge_probe(ztr, ttr, zva, tva)
         cos = (pred * tva).sum(1) / (np.linalg.norm(pred, axis=1) * np.linalg.norm(tva, axis=1) + 1e-8)
-        result["reference_teacher"] = reference_teacher
+        result["reference_teacher"] = teacher_spec(teacher)
         result["teacher_cosine_linear"] = float(cos.mean())
-        if head is not None and cfg["teacher"].get("name") == reference_teacher:
+        if head is not None and cfg["teacher"] == result["reference_teacher"]:
             from repwam.tokenizer.losses import teacher_cosine
 
             result["teacher_cosine_head"] = float(np.mean([float(teacher_cosine(z, t, head)) for z, t in va["teacher"]]))

@@ -61,9 +61,9 @@ def evaluate_lat(checkpoint: str | Path, data: list[str | Path], *, val_fraction
         **forward_errors(model, sets["val"]),
     }
     if sets["train"].has_actions:
-        xtr, ytr, _ = latent_actions(model, sets["train"])
+        xtr, ytr, eptr = latent_actions(model, sets["train"])
         xva, yva, _ = latent_actions(model, sets["val"])
-        r2, _ = ridge_probe(xtr, ytr, xva, yva)
+        r2, _ = ridge_probe(xtr, ytr, xva, yva, groups=eptr)
         result["action_probe_r2_ridge"] = float(np.nanmean(r2))
         result["action_probe_r2_mlp"] = mlp_probe(xtr, ytr, xva, yva)
         result["val_transitions"] = int(len(xva))

@@ -14,19 +14,28 @@ STATE_GROUPS: dict[str, list[int]] = {
 
 
 def ridge_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                alphas=(1e-1, 1e0, 1e1, 1e2, 1e3, 1e4)) -> tuple[np.ndarray, np.ndarray]:
-    """Standardised ridge regression (alpha by efficient leave-one-out CV on train). Returns (R² per target, val prediction).
+                groups: np.ndarray | None = None, alphas=tuple(10.0 ** np.arange(-1, 7))) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised ridge regression. Returns (R² per target on the validation set, val prediction).
 
+    alpha is chosen by 5-fold cross-validation over `groups` (the episode of each training sample) when given:
+    samples of one episode are near-duplicates, and leave-one-out CV (the fallback) then picks far too little
+    regularisation and the probe overfits to the training episodes.
     Targets that are constant on the validation set get R² = nan (nothing to explain).
     """
-    from sklearn.linear_model import RidgeCV
+    from sklearn.linear_model import Ridge, RidgeCV
     from sklearn.metrics import r2_score
+    from sklearn.model_selection import GridSearchCV, GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y_mean, y_std = y_train.mean(0), y_train.std(0) + 1e-8
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas))
-    model.fit(x_train.astype(np.float64), (y_train - y_mean) / y_std)
+    x_train, y_norm = x_train.astype(np.float64), (y_train - y_mean) / y_std
+    if groups is not None and len(np.unique(groups)) >= 5:
+        search = GridSearchCV(make_pipeline(StandardScaler(), Ridge()), {"ridge__alpha": list(alphas)},
+                              cv=GroupKFold(5), scoring="r2")
+        model = search.fit(x_train, y_norm, groups=groups).best_estimator_
+    else:
+        model = make_pipeline(StandardScaler(), RidgeCV(alphas=alphas)).fit(x_train, y_norm)
     pred = model.predict(x_val.astype(np.float64)) * y_std + y_mean
     r2 = r2_score(y_val, pred, multioutput="raw_values")
     r2[y_val.std(0) < 1e-6] = np.nan

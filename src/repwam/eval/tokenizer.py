@@ -36,10 +36,11 @@ def encode_split(model, ds: ClipDataset, grid, batch_size: int = 32, max_clips: 
     """Encode clips; return per-latent-frame features, state targets, teacher targets, metrics and a sample."""
     from pytorch_msssim import ssim
 
+    if max_clips and len(ds) > max_clips:  # evenly over the whole split: episodes are stored task by task
+        ds = torch.utils.data.Subset(ds, np.linspace(0, len(ds) - 1, max_clips).round().astype(int).tolist())
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False)
     zs, states, teach, psnr, ssims, episodes = [], [], [], [], [], []
     sample = None
-    n = 0
     for batch in tqdm(loader, desc="encoding", unit="batch", disable=not progress, leave=False):
         x = frames_to_model(batch["frames"])
         recon, z = model(x)  # (B, T, 3, H, W), (B, T', L, d)
@@ -57,9 +58,6 @@ def encode_split(model, ds: ClipDataset, grid, batch_size: int = 32, max_clips: 
             teach.append((z, clip_targets(batch["teacher"], grid)))
         if sample is None:
             sample = (x[:6], recon[:6])
-        n += len(x)
-        if max_clips and n >= max_clips:
-            break
     return {
         "z": torch.cat(zs).numpy(),
         "state": torch.cat(states).numpy(),
@@ -71,14 +69,16 @@ def encode_split(model, ds: ClipDataset, grid, batch_size: int = 32, max_clips: 
     }
 
 
-def _token_pairs(teach, max_tokens: int, seed: int = 0):
+def _token_pairs(teach, episodes: np.ndarray, max_tokens: int, seed: int = 0):
+    """(z token, layer-normed teacher token, episode) triples, subsampled to max_tokens."""
     z = torch.cat([a.reshape(-1, a.shape[-1]) for a, _ in teach])
     t = torch.cat([b.reshape(-1, b.shape[-1]) for _, b in teach])
     t = F.layer_norm(t.float(), t.shape[-1:])
+    ep = np.repeat(episodes, len(z) // len(episodes))  # episodes are per latent frame; tokens per frame are equal
     if len(z) > max_tokens:
         keep = torch.randperm(len(z), generator=torch.Generator().manual_seed(seed))[:max_tokens]
-        z, t = z[keep], t[keep]
-    return z.numpy(), t.numpy()
+        z, t, ep = z[keep], t[keep], ep[keep.numpy()]
+    return z.numpy(), t.numpy(), ep
 
 
 def save_recon_grid(sample, path: Path) -> Path:
@@ -126,7 +126,7 @@ def evaluate_tokenizer(checkpoint: str | Path, data: list[str | Path], *, refere
     enc = {s: encode_split(model, ds, grid, max_clips=max_train_clips if s == "train" else None, progress=progress)
            for s, ds in sets.items()}
     tr, va = enc["train"], enc["val"]
-    r2, _ = ridge_probe(tr["z"], tr["state"][:, PROBE_COLUMNS], va["z"], va["state"][:, PROBE_COLUMNS])
+    r2, _ = ridge_probe(tr["z"], tr["state"][:, PROBE_COLUMNS], va["z"], va["state"][:, PROBE_COLUMNS], groups=tr["episode"])
     probe = grouped_r2(r2, STATE_GROUPS, PROBE_COLUMNS)
     result = {
         "checkpoint": str(checkpoint),
@@ -140,9 +140,9 @@ def evaluate_tokenizer(checkpoint: str | Path, data: list[str | Path], *, refere
         "state_probe_r2": probe,
     }
     if teacher is not None:
-        ztr, ttr = _token_pairs(tr["teacher"], 40000)
-        zva, tva = _token_pairs(va["teacher"], 40000, seed=1)
-        _, pred = ridge_probe(ztr, ttr, zva, tva)
+        ztr, ttr, eptr = _token_pairs(tr["teacher"], tr["episode"], 40000)
+        zva, tva, _ = _token_pairs(va["teacher"], va["episode"], 40000, seed=1)
+        _, pred = ridge_probe(ztr, ttr, zva, tva, groups=eptr)
         cos = (pred * tva).sum(1) / (np.linalg.norm(pred, axis=1) * np.linalg.norm(tva, axis=1) + 1e-8)
         result["reference_teacher"] = teacher_spec(teacher)
         result["teacher_cosine_linear"] = float(cos.mean())

@@ -28,6 +28,7 @@ from repwam.errors import RepwamError
 POOLS = ("attn", "mean", "flatten")
 QUANTIZERS = (None, "fsq", "vq")
 FDM_CONDS = ("film", "concat")
+FSQ_RANGE = 1.5  # FSQ bounds its input with tanh; past ~1.5 the gradient dies and ℓ collapses to one code
 
 
 # ----------------------------------------------------------------------------- config
@@ -56,6 +57,8 @@ class LATConfig:
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
     vq_codebook_size: int = 256
     vq_commitment: float = 0.25
+    quant_in_gain: float = 10.0  # initial gain of the learned affine in front of the quantizer (see quantize)
+    fsq_range_weight: float = 1.0  # penalty keeping FSQ inputs in |x| <= FSQ_RANGE (see quantize)
     # loss
     cons_weight: float = 1.0
 
@@ -117,8 +120,10 @@ class LATConfig:
 
 def sincos_pos_2d(h: int, w: int, dim: int) -> torch.Tensor:
     """Fixed 2-D sin-cos position features, (h*w, dim), row-major like the tokenizer's patch order."""
-    quarter = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / max(quarter, 1)))
+    # frequencies spaced geometrically from one half-period over the grid (π/G) to the Nyquist-safe π/2,
+    # so every channel resolves one-token offsets (ViT's 1/10000^k wastes most channels on small grids)
+    quarter, G = dim // 4, max(h, w, 2)
+    omega = (math.pi / G) * (G / 2) ** (torch.arange(quarter, dtype=torch.float64) / max(quarter - 1, 1))
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     out = []
     for coord in (ys.flatten(), xs.flatten()):
@@ -327,7 +332,13 @@ def build_quantizer(cfg: LATConfig) -> nn.Module | None:
         ) from e
     if cfg.quantizer == "fsq":
         return FSQ(levels=list(cfg.fsq_levels), dim=cfg.action_dim)
-    return VectorQuantize(dim=cfg.action_dim, codebook_size=cfg.vq_codebook_size, commitment_weight=cfg.vq_commitment)
+    return VectorQuantize(
+        dim=cfg.action_dim,
+        codebook_size=cfg.vq_codebook_size,
+        commitment_weight=cfg.vq_commitment,
+        kmeans_init=True,  # codebook from the first batch of ℓ, at the data's scale
+        threshold_ema_dead_code=2,  # re-seed unused codes from the batch
+    )
 
 
 def copy_last_error(z: torch.Tensor) -> torch.Tensor:
@@ -344,6 +355,13 @@ class LatentActionTokenizer(nn.Module):
         self.idm_net = InverseDynamics(cfg)
         self.fdm_net = ForwardDynamics(cfg)
         self.quantizer = build_quantizer(cfg)
+        if self.quantizer is not None:
+            # At initialisation the IDM's ℓ varies little between transitions (std ~0.03): fed straight
+            # into FSQ every transition rounds to one code and the FDM never learns to read ℓ.
+            self.pre_quant = nn.Linear(cfg.action_dim, cfg.action_dim)
+            with torch.no_grad():
+                self.pre_quant.weight.copy_(torch.eye(cfg.action_dim) * cfg.quant_in_gain)
+                self.pre_quant.bias.zero_()
 
     # -- input checks
 
@@ -376,9 +394,10 @@ class LatentActionTokenizer(nn.Module):
         """ℓ (B, A) -> (ℓ quantized or as is, aux loss (scalar), codes (B,) or None)."""
         if self.quantizer is None:
             return ell, ell.new_zeros(()), None
+        ell = self.pre_quant(ell)  # learned affine, starts as a gain of cfg.quant_in_gain
         if self.cfg.quantizer == "fsq":
             q, codes = self.quantizer(ell.unsqueeze(1))  # (B, 1, A), (B, 1)
-            aux = ell.new_zeros(())
+            aux = self.cfg.fsq_range_weight * (ell.abs() - FSQ_RANGE).clamp(min=0).pow(2).mean()
         else:
             q, codes, aux = self.quantizer(ell.unsqueeze(1))
             aux = aux.sum()

@@ -9,7 +9,7 @@ set -euo pipefail
 OUT=${1:-outputs/demo}
 EPISODES=${EPISODES:-20}
 TOK_STEPS=${TOK_STEPS:-2000}
-LAT_STEPS=${LAT_STEPS:-3000}
+LAT_STEPS=${LAT_STEPS:-1500}
 R=${REPWAM:-".venv/bin/repwam"}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # two single-thread jobs at a time use both cores best
 mkdir -p "$OUT"

@@ -81,6 +81,7 @@ def transfer_picture(checkpoint: str | Path, data: str | Path, out: str | Path, 
     model, cfg = load_lat(checkpoint)
     tok, _ = load_tokenizer(cfg["tokenizer_checkpoint"])
     clips = LatentClips([data], cfg["latents"], clip_frames=2, split="val")
+    tok.cfg.attn_window = clips.meta["attn_window"]  # decode long rollouts with the context the tokenizer trained on
     lat = clips.latents[0]
     ds = clips.datasets[0]
     rng = np.random.default_rng(seed)

@@ -147,7 +147,7 @@ def train_lat(cfg: LATTrainConfig, data: list[str | Path], out: str | Path, *, r
         if step % o.log_every == 0 or step == o.steps:
             run.log(step, {**{f"train/{k}": float(v.detach()) for k, v in losses.items()},
                            "train/grad_norm": float(gnorm), "train/lr": sched.get_last_lr()[0]})
-            bar.set_postfix(fwd=f"{float(losses['fwd']):.4f}", copy=f"{float(losses['copy_last']):.4f}")
+            bar.set_postfix(fwd=f"{float(losses['fwd'].detach()):.4f}", copy=f"{float(losses['copy_last']):.4f}")
         if step % o.save_every == 0 or step == o.steps:
             run.log(step, {f"val/{k}": v for k, v in forward_errors(model, val_set).items()})
             model.train()

@@ -133,7 +133,8 @@ def eval_tokenizer_cmd(
     ),
 ):
     """PSNR, SSIM, teacher cosine and state-probe R² on held-out episodes; prints a markdown table."""
-    from repwam.eval.tokenizer import evaluate_tokenizer, format_table, reference_spec, save_results
+    from repwam.eval import save_results
+    from repwam.eval.tokenizer import evaluate_tokenizer, format_table, reference_spec
 
     ref = reference_spec(checkpoint, reference_teacher)
     results = [evaluate_tokenizer(c, data, reference_teacher=ref, out_dir=out) for c in checkpoint]
@@ -208,7 +209,8 @@ def eval_lat_cmd(
     picture: bool = typer.Option(True, help="save the transfer picture of each LAT"),
 ):
     """Forward error vs copy-last, action probe R², transfer pictures; prints a markdown table."""
-    from repwam.eval.lat import evaluate_lat, format_table, save_results, transfer_picture
+    from repwam.eval import save_results
+    from repwam.eval.lat import evaluate_lat, format_table, transfer_picture
     from repwam.tokenizer.tokenize import latent_cache_name
 
     results = []

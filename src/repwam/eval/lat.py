@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -131,8 +130,3 @@ def format_table(results: list[dict]) -> str:
             f"{r.get('action_probe_r2_ridge', float('nan')):.3f} |"
         )
     return "\n".join(lines)
-
-
-def save_results(results: list[dict], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(results, indent=1))

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +169,3 @@ def format_table(results: list[dict]) -> str:
             f"{p['mean']:.3f} | {p['hand']:.3f} | {p['gripper']:.3f} | {p['object']:.3f} | {p['goal']:.3f} |"
         )
     return "\n".join(lines)
-
-
-def save_results(results: list[dict], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(results, indent=1))

@@ -40,7 +40,8 @@ def test_tiny_shapes(pool):
     assert z_pred.shape == delta.shape == (2, 64, 32)
     check_transport(K, 2, 64)
     out = m.loss(z)
-    assert {"loss", "fwd", "cons", "aux", "copy_last"} <= set(out)
+    assert {"loss", "fwd", "cons", "aux", "reg", "copy_last"} <= set(out)
+    torch.testing.assert_close(out["loss"], out["fwd"] + out["cons"] + out["aux"] + out["reg"])
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
 
 
@@ -82,6 +83,7 @@ def test_vq_loss_includes_commitment():
     m = LatentActionTokenizer(LATConfig.preset("tiny", latent_dim=8, num_tokens=16, quantizer="vq", vq_codebook_size=8))
     out = m.loss(torch.randn(2, 3, 16, 8))
     assert out["aux"] > 0
+    assert out["reg"] == 0
     torch.testing.assert_close(out["loss"], out["fwd"] + out["cons"] + out["aux"])
 
 

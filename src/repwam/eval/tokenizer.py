@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from repwam.data.dataset import ClipDataset, frames_from_model, frames_to_model
+from repwam.data.dataset import ClipDataset, frames_to_model
 from repwam.eval.probes import STATE_GROUPS, grouped_r2, ridge_probe
 from repwam.tokenizer.teachers import build_teacher, build_teacher_from_spec, teacher_spec
-from repwam.train.tokenizer import clip_targets, load_tokenizer, teacher_cache
+from repwam.train.tokenizer import clip_psnr, clip_targets, load_tokenizer, recon_grid, teacher_cache
 
 PROBE_COLUMNS = [c for cols in STATE_GROUPS.values() for c in cols]
 
@@ -45,8 +45,7 @@ def encode_split(model, ds: ClipDataset, grid, batch_size: int = 32, max_clips: 
         recon, z = model(x)  # (B, T, 3, H, W), (B, T', L, d)
         recon = recon.clamp(-1, 1)
         a, b = (recon + 1) / 2, (x + 1) / 2
-        mse = (a - b).square().flatten(1).mean(1)
-        psnr.append(10 * torch.log10(1 / mse.clamp_min(1e-10)))
+        psnr.append(clip_psnr(recon, x))
         ssims.append(ssim(a.flatten(0, 1), b.flatten(0, 1), data_range=1.0, size_average=False, win_size=7))
         t_lat = z.shape[1]
         idx = last_covered_frame(t_lat)
@@ -83,9 +82,8 @@ def _token_pairs(teach, episodes: np.ndarray, max_tokens: int, seed: int = 0):
 def save_recon_grid(sample, path: Path) -> Path:
     from PIL import Image
 
-    x, r = (frames_from_model(s) for s in sample)  # (n, T, 3, H, W)
-    rows = [torch.cat([torch.cat(list(x[i]), 2), torch.cat(list(r[i]), 2)], 2) for i in range(len(x))]
-    Image.fromarray(torch.cat(rows, 1).permute(1, 2, 0).numpy()).save(path)
+    x, r = sample
+    Image.fromarray(recon_grid(x, r, n=len(x))).save(path)
     return path
 
 

@@ -100,7 +100,13 @@ def load_tokenizer(path: str | Path, with_align_head: bool = False):
     return model, cfg, head
 
 
-def _grid_image(frames: torch.Tensor, recon: torch.Tensor, n: int = 4) -> np.ndarray:
+def clip_psnr(recon: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB per clip of (B, T, 3, H, W) tensors in [-1, 1] (recon clamped to the range) -> (B,)."""
+    mse = ((recon.clamp(-1, 1) - frames) / 2).square().flatten(1).mean(1)
+    return 10 * torch.log10(1 / mse.clamp_min(1e-10))
+
+
+def recon_grid(frames: torch.Tensor, recon: torch.Tensor, n: int = 4) -> np.ndarray:
     """Rows: clip; columns: frames then reconstructions. uint8 (H', W', 3)."""
     f, r = frames_from_model(frames[:n]), frames_from_model(recon[:n])  # (n, T, 3, H, W)
     rows = [torch.cat([torch.cat(list(f[i]), 2), torch.cat(list(r[i]), 2)], 2) for i in range(len(f))]
@@ -198,7 +204,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], out: str 
             run.log(step, scalars)
             bar.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}", l1=f"{float(losses['l1'].detach()):.4f}")
         if step % o.image_every == 0 or step == o.steps:
-            run.log_image(step, "recon", _grid_image(x.detach(), recon.detach().float()))
+            run.log_image(step, "recon", recon_grid(x.detach(), recon.detach().float()))
         if step % o.save_every == 0 or step == o.steps:
             run.log(step, validate(model, val_set, align_head, grid, batch_size=o.batch_size))
             model.train()
@@ -222,8 +228,7 @@ def validate(model: RepViTok, val_set: ClipDataset, align_head, grid, batch_size
         x = frames_to_model(batch["frames"])
         recon, z = model(x)
         l1s.append(float((recon - x).abs().mean()))
-        mse = ((recon.clamp(-1, 1) - x) / 2).square().flatten(1).mean(1)
-        psnrs.append(float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()))
+        psnrs.append(float(clip_psnr(recon, x).mean()))
         if align_head is not None:
             coss.append(float(teacher_cosine(z, clip_targets(batch["teacher"], grid), align_head)))
     out = {"val/l1": float(np.mean(l1s)), "val/psnr": float(np.mean(psnrs))}

@@ -11,7 +11,10 @@ Tokens. Up to three streams (a mixture of transformers), each with its own width
 input embedding and output head; attention weights are shared at the video width D:
 
     video   z (B, T', L, d_v) -> patchify p x p (DiT)   (B, T'·P, p²·d_v),  P = L / p²
-            -> Linear -> width D_v, + spatial position (learned or 2-D sin-cos) within the frame
+            -> Linear -> width D_v, + spatial position (learned or 2-D sin-cos) within the frame;
+            with last_frame_cond a noisy token also adds Linear_anchor(its patch of the last clean
+            frame before its chunk): channel concatenation, the way video diffusion models condition
+            on a frame, so carrying the observed frame forward is one linear map away (zero-initialised)
     action  (ℓ; absent with use_latent_actions=False) ell_t is the token of latent frame t+1 (the
             action leading into it): frame 0 has none.  ell (B, T'-1, A) -> Linear -> width D_a
     robot   (the action expert; robot_action_dim = A_r > 0) like ℓ, one token per latent-frame step:
@@ -159,6 +162,7 @@ class WAMConfig:
     max_latent_frames: int = 16  # longest clip / history accepted when attn_window is None
     attn_window: int | None = None  # attend to keys less than this many latent frames back
     grad_checkpoint: bool = False
+    last_frame_cond: bool = False  # noisy video tokens also embed the last clean frame before their chunk
     # training objective
     chunk_sizes: tuple[int, ...] = (1, 2, 3, 4)  # k drawn uniformly per batch
     alpha_sampler: str = "uniform"  # "uniform" (paper) | "logit_normal"
@@ -288,22 +292,23 @@ def _streams(video_width, video_ffn, action_width, action_ffn):
 
 PRESETS: dict[str, WAMConfig] = {
     # CPU: the tiny tokenizer's 8x8 x 32 latents, patch 2 -> 16 video tokens per latent frame
-    "tiny": WAMConfig(width=128, depth=4, heads=4, streams=_streams(128, 512, 64, 256), attn_window=8),
+    "tiny": WAMConfig(width=128, depth=4, heads=4, streams=_streams(128, 512, 64, 256), attn_window=8,
+                      last_frame_cond=True),
     # one GPU: the small tokenizer's 16x16 x 64 latents, patch 2 -> 64 tokens per latent frame
     "small": WAMConfig(
         latent_grid=(16, 16), latent_dim=64, width=512, depth=12, heads=8,
-        streams=_streams(512, 2048, 256, 1024), attn_window=16,
+        streams=_streams(512, 2048, 256, 1024), attn_window=16, last_frame_cond=True,
     ),
     # Wan2.1-1.3B backbone (30 x 1536, 12 heads, FFN 8960) + action stream 768; base tokenizer 16x16 x 96,
     # patch 1 (the tokenizer already compresses 16x, as Wan2.1's VAE 8x + patch 2)
     "1.3b": WAMConfig(
         latent_grid=(16, 16), latent_dim=96, patch_size=1, width=1536, depth=30, heads=12,
-        streams=_streams(1536, 8960, 768, 3072), attn_window=32, max_latent_frames=32,
+        streams=_streams(1536, 8960, 768, 3072), attn_window=32, max_latent_frames=32, last_frame_cond=True,
     ),
     # Wan2.2-5B backbone (30 x 3072, 24 heads, FFN 14336) + action stream 768
     "5b": WAMConfig(
         latent_grid=(16, 16), latent_dim=96, patch_size=1, width=3072, depth=30, heads=24,
-        streams=_streams(3072, 14336, 768, 3072), attn_window=32, max_latent_frames=32,
+        streams=_streams(3072, 14336, 768, 3072), attn_window=32, max_latent_frames=32, last_frame_cond=True,
     ),
 }
 
@@ -605,6 +610,8 @@ class StreamIO(nn.Module):
         self.time = TimeEmbed(s.width, cfg.time_freq_dim)
         self.head = Head(s.width, dim)
         self.state_embed = nn.Linear(cfg.state_dim, s.width) if s.name == ROBOT and cfg.has(STATE) else None
+        # the last clean frame's patch, added to a noisy video token's embedding (last_frame_cond)
+        self.anchor = nn.Linear(dim, s.width) if s.name == VIDEO and cfg.last_frame_cond else None
         if per_frame == 1:
             self.pos = None
         elif s.name == VIDEO and cfg.spatial_pos == "sincos":
@@ -643,6 +650,7 @@ class WAMCache:
     next_chunk: int = 0
     last_ell: torch.Tensor | None = None  # ℓ of the last sampled chunk (B, k, A), used by append
     last_robot: torch.Tensor | None = None  # robot actions of the last sampled chunk (B, k, per, A_r), ditto
+    last_z: torch.Tensor | None = None  # the last clean latent frame (B, L, d_v): the anchor of the next chunk
     cfg_scale: float = 1.0
     uncond: "WAMCache | None" = None  # the same history under the null text, for CFG
 
@@ -696,6 +704,8 @@ class WorldActionModel(Pretrained, nn.Module):
             nn.init.zeros_(io.time.proj[1].bias)
             nn.init.zeros_(io.head.linear.weight)
             nn.init.zeros_(io.head.linear.bias)
+            if io.anchor is not None:  # starts as the unconditioned model
+                nn.init.zeros_(io.anchor.weight)
         for blk in self.blocks:
             nn.init.zeros_(blk.cross.proj.weight)  # the ungated cross-attention starts as a no-op (PixArt)
             nn.init.zeros_(blk.cross.proj.bias)
@@ -868,14 +878,15 @@ class WorldActionModel(Pretrained, nn.Module):
         return TextContext(emb, mask)
 
     def _run(self, feats: dict, alpha: dict, meta: dict, text: TextContext, *, text_kv=None, valid=None,
-             past: WAMCache | None = None, heads=None):
+             past: WAMCache | None = None, heads=None, anchor=None):
         """The transformer on a set of new tokens, optionally after a cached clean history.
 
         feats {group: (B, N_g, token_dim)} over the token groups (video, action, robot, state);
         alpha {group: (B, N_g)} (state tokens are clean: none needed); meta {group: TokenMeta};
         valid {group: (B, N_g) bool} masks padded keys (each token still sees itself). heads: the
         streams whose outputs to compute (None: all present; () = only the K/V, the last block stops
-        early). Returns ({stream: (B, N_s, token_dim)}, [(k, v) of the new tokens per block]).
+        early). anchor (B, N_a, token_dim) [last_frame_cond]: the last clean frame's patches of the
+        last N_a video tokens (the noisy ones). Returns ({stream: (B, N_s, token_dim)}, [(k, v) of the new tokens per block]).
         """
         groups = [g for g in self.cfg.token_groups if g in feats and feats[g].shape[1] > 0]
         parts: dict[str, list] = {}  # stream -> [(x, e, mod)] of its token groups (robot: actions, then states)
@@ -886,6 +897,9 @@ class WorldActionModel(Pretrained, nn.Module):
                 x, a = io.state_embed(feats[g]), feats[g].new_ones(feats[g].shape[:2], dtype=torch.float32)
             else:
                 x, a = io(feats[g]), alpha[g]
+                if g == VIDEO and anchor is not None and anchor.shape[1] > 0:
+                    n_a = anchor.shape[1]
+                    x = torch.cat([x[:, : x.shape[1] - n_a], x[:, x.shape[1] - n_a :] + io.anchor(anchor)], 1)
             parts.setdefault(s, []).append((x, *io.time(a)))
         x = {s: torch.cat([p[0] for p in ps], 1) for s, ps in parts.items()}
         mod = {s: torch.cat([p[2] for p in ps], 1) for s, ps in parts.items()}
@@ -975,9 +989,13 @@ class WorldActionModel(Pretrained, nn.Module):
         meta = {g: TokenMeta.cat(v) for g, v in meta.items()}
         valid_g = None if valid is None else {g: valid.bool()[:, meta[g].frame] for g in meta}
 
+        anchor = None
+        if c.last_frame_cond and not drop_video:  # noisy frame f of chunk i >= 1: the last frame of chunk i-1
+            last = (frame_chunks(T, chunk_size, z.device)[1:] - 1) * chunk_size  # (T'-1,)
+            anchor = self.patchify(z[:, last])
         text = self.text_context(text_emb, text_mask, drop_text, B)
         heads = [g for g in self.stream_names if layout[g][1] is not None]
-        out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads)
+        out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchor=anchor)
         result = {VIDEO: None if drop_video else self.unpatchify(out[VIDEO][:, n_clean * P :])}
         if c.has(ACTION):
             result[ACTION] = None if drop_ell else out[ACTION][:, n_clean - 1 :]
@@ -1154,6 +1172,7 @@ class WorldActionModel(Pretrained, nn.Module):
             cache.meta = TokenMeta.cat([cache.meta, new_meta])
         cache.next_frame += n
         cache.next_chunk += 1
+        cache.last_z = z_frames[:, -1]
         if self.cfg.attn_window is not None:  # evict keys no later query may see
             keep = cache.meta.frame > cache.next_frame - self.cfg.attn_window
             if not bool(keep.all()):
@@ -1161,9 +1180,10 @@ class WorldActionModel(Pretrained, nn.Module):
                 cache.kv = [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in cache.kv]
                 cache.meta = cache.meta.select(idx)
 
-    def _velocity(self, cache: WAMCache, feats: dict, alpha: dict, meta: dict, heads) -> dict:
+    def _velocity(self, cache: WAMCache, feats: dict, alpha: dict, meta: dict, heads, anchor=None) -> dict:
         a = {g: f.new_full(f.shape[:2], alpha[g], dtype=torch.float32) for g, f in feats.items()}
-        out, _ = self._run(feats, a, meta, cache.text, text_kv=cache.text_kv, past=cache, heads=heads)
+        out, _ = self._run(feats, a, meta, cache.text, text_kv=cache.text_kv, past=cache, heads=heads,
+                           anchor=anchor)
         return out
 
     @torch.no_grad()
@@ -1209,20 +1229,23 @@ class WorldActionModel(Pretrained, nn.Module):
         frames = torch.arange(cache.next_frame, cache.next_frame + k, device=dev)
         chunk = torch.full_like(frames, cache.next_chunk)
         meta = {g: group_meta(c, g, frames, chunk, True) for g in groups}
+        anchor = None
+        if VIDEO in groups and c.last_frame_cond:  # every frame of the chunk: the last frame of the history
+            anchor = self.patchify(cache.last_z[:, None].expand(-1, k, -1, -1))
 
         if VIDEO in groups:
             n = video_steps or c.video_steps
             for i in range(n):
                 alpha = {VIDEO: i / n, ACTION: 0.0, ROBOT: 0.0}
-                v = self._velocity(cache, x, alpha, meta, (VIDEO,))[VIDEO]
+                v = self._velocity(cache, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
                 if cache.uncond is not None:
-                    v_u = self._velocity(cache.uncond, x, alpha, meta, (VIDEO,))[VIDEO]
+                    v_u = self._velocity(cache.uncond, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
                     v = v_u + cache.cfg_scale * (v - v_u)
                 x[VIDEO] = x[VIDEO] + v / n
         if acts:
             n = action_steps or c.action_steps
             for i in range(n):
-                v = self._velocity(cache, x, {VIDEO: 1.0, ACTION: i / n, ROBOT: i / n}, meta, acts)
+                v = self._velocity(cache, x, {VIDEO: 1.0, ACTION: i / n, ROBOT: i / n}, meta, acts, anchor)
                 x.update({g: x[g] + v[g] / n for g in acts})
         out = {"z": self.unpatchify(x[VIDEO]) if VIDEO in x else None, "ell": x.get(ACTION),
                "robot": self.unflatten_robot(x[ROBOT]) if ROBOT in x else None}

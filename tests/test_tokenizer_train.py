@@ -46,6 +46,21 @@ def test_checkpoint_round_trip_without_teacher_weights(tiny_tokenizer, tiny_data
     assert any((tiny_dataset / "cache" / "teacher").glob("*/shard-*.safetensors"))
 
 
+def test_bf16_training_validates_on_cached_teacher_targets(tiny_tokenizer, tiny_dataset, tmp_path):
+    """The recipes train in bf16 autocast, and validation runs under it too: batches holding the float16 teacher
+    cache must collate there (they did not: `repwam demo` died at its first validation)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = small(teacher="efficientnet-lite0", steps=2, teacher_layer="stage5")
+    cfg.optim.bf16, cfg.optim.save_every = True, 1
+    ckpt = train_tokenizer(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    assert (ckpt / "model.safetensors").exists()
+    ea = EventAccumulator(str(tmp_path / "run" / "tb"))
+    ea.Reload()
+    cos = [e.value for e in ea.Scalars("val/teacher_cosine")]
+    assert len(cos) == 2 and all(-1 <= v <= 1 for v in cos)
+
+
 def test_teacher_cache_is_reused(tiny_tokenizer, tiny_dataset, monkeypatch):
     from repwam.tokenizer.teachers import build_teacher
 

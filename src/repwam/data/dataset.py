@@ -232,6 +232,7 @@ class ClipDataset(torch.utils.data.Dataset):
             item["env_state"] = torch.from_numpy(self.env_states[f])
         if self.frame_arrays:
             g = f - ep.start + ep.global_start
-            for name, arrays in self.frame_arrays.items():
-                item[name] = torch.as_tensor(arrays[ep.source][g])
+            for name, arrays in self.frame_arrays.items():  # float16 is a storage format: hand out float32
+                x = torch.as_tensor(arrays[ep.source][g])  # (a float16 batch breaks collation under CPU autocast)
+                item[name] = x.float() if x.dtype == torch.float16 else x
         return item

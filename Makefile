@@ -23,7 +23,7 @@ test-slow: install
 	$(BIN)/python -m pytest -q -m slow
 
 demo: install
-	bash scripts/demo.sh "$(DEMO)"
+	$(BIN)/repwam demo --out "$(DEMO)"
 
 bench: install
 	$(BIN)/python benchmarks/data_throughput.py

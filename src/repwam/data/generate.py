@@ -215,7 +215,8 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
                 )
     report["episodes"] = sum(r["kept"] for r in report["tasks"].values())
     report["expert_failures"] = sum(r["expert_failures"] for r in report["tasks"].values())
-    report["env_steps"] = steps
+    report["env_steps"] = steps  # of the attempts run now (a resumed run does not repeat staged ones)
+    report["resumed_episodes"] = resumed  # staged successes of an interrupted run, reused
     report["env_steps_per_s"] = round(steps / max(gen_seconds, 1e-9), 1)
     (out / "meta").mkdir(parents=True, exist_ok=True)
     (out / GENERATION_META).write_text(json.dumps(report, indent=1))

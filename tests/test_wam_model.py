@@ -463,7 +463,7 @@ def test_robot_stream_config():
 
 def test_fresh_blocks_are_the_identity():
     torch.manual_seed(0)
-    model = WorldActionModel(WAMConfig.preset("tiny", **ROBOT)).eval()
+    model = WorldActionModel(WAMConfig.preset("tiny", video_target="velocity", **ROBOT)).eval()  # output = head
     seen = []
     for blk in model.blocks:
         blk.register_forward_hook(lambda m, i, o: seen.append((i[0], o[0])))
@@ -479,7 +479,7 @@ def test_last_frame_cond_carries_exactly_the_last_clean_frame(cond):
     """With a window of one latent frame a noisy token cannot attend to earlier frames: only the anchor (the last
     clean frame before its chunk) reaches it. Changing that frame moves its output exactly when last_frame_cond is on;
     changing any earlier frame never does."""
-    model = scrambled(attn_window=1, last_frame_cond=cond)
+    model = scrambled(attn_window=1, last_frame_cond=cond, video_target="residual" if cond else "velocity")
     assert (model.io["video"].anchor is not None) == cond
     B, T, k = 2, 5, 2  # chunks: [z_0] [z_1, z_2] [z_3, z_4]; the anchor of frames 3, 4 is z_2
     batch, noisy = clip(B, T), noisy_inputs(B, T)
@@ -490,11 +490,30 @@ def test_last_frame_cond_carries_exactly_the_last_clean_frame(cond):
             z[:, frame] += 1.0
             out = tf(model, {**batch, "z": z}, noisy, k)["video"]
             assert torch.allclose(out[:, 2:], ref[:, 2:]) != moves, frame  # noisy frames 3, 4
-    fresh = WorldActionModel(WAMConfig.preset("tiny", last_frame_cond=cond))
+    fresh = WorldActionModel(WAMConfig.preset("tiny", last_frame_cond=cond, video_target=model.cfg.video_target))
     if cond:  # zero-initialised: a fresh model starts as the unconditioned one
         assert fresh.io["video"].anchor.weight.abs().max() == 0
-    old = {key: v for key, v in fresh.cfg.to_dict().items() if key != "last_frame_cond"}  # a config from before
-    assert WAMConfig.from_dict(old).last_frame_cond is False
+    old = {key: v for key, v in fresh.cfg.to_dict().items() if key not in ("last_frame_cond", "video_target")}
+    assert WAMConfig.from_dict(old).last_frame_cond is False  # a config from before: loads as it was trained
+
+
+def test_residual_video_target_starts_at_copy_last():
+    """video_target="residual": the head predicts the clean latents as a residual over the last clean frame, so a
+    fresh model (zero head) imagines copy-last exactly through the Euler steps; with "velocity" it returns its noise."""
+    torch.manual_seed(0)
+    batch = clip(2, 3)
+    for target in ("residual", "velocity"):
+        model = WorldActionModel(WAMConfig.preset("tiny", video_target=target)).eval()
+        cache = model.new_cache(batch["text"], batch["text_mask"])
+        model.append(cache, batch["z"][:, :1])
+        model.append(cache, batch["z"][:, 1:3], ell=batch["ell"][:, :2])
+        noise = {"z": torch.randn(2, 2, L, DV), "ell": torch.randn(2, 2, A)}
+        out = model.sample_chunk(cache, 2, noise=noise, video_steps=3)
+        expected = batch["z"][:, 2:3].expand(-1, 2, -1, -1) if target == "residual" else noise["z"]
+        assert torch.allclose(out["z"], expected, atol=1e-5), target
+    with pytest.raises(RepwamError, match="last_frame_cond"):
+        WAMConfig.preset("tiny", last_frame_cond=False)
+    assert WAMConfig.preset("tiny", last_frame_cond=False, video_target="velocity").video_target == "velocity"
 
 
 def test_tiny_model_overfits_a_tiny_batch():

@@ -53,6 +53,7 @@ class PipelineConfig:
     max_steps: int | None = None  # per closed-loop episode (None: Meta-World's 500)
     videos_per_task: int = 1
     jobs: int = 2  # processes at once
+    eval_workers: int = 1  # environment processes per closed-loop evaluation
 
 
 @dataclass
@@ -105,7 +106,7 @@ class Pipeline:
         c = self.cfg
         out = self.out / "eval" / run
         args = ["eval", "policy", "--checkpoint", self.ckpt(run), "--tasks", c.tasks, "--episodes", c.eval_episodes,
-                "--seed", c.eval_seed, "--workers", 1, "--out", out, "--videos", c.videos_per_task]
+                "--seed", c.eval_seed, "--workers", c.eval_workers, "--out", out, "--videos", c.videos_per_task]
         if c.max_steps:
             args += ["--max-steps", c.max_steps]
         return self.add(f"eval-{run}", args, out / "results.json", needs)

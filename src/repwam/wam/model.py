@@ -14,7 +14,12 @@ input embedding and output head; attention weights are shared at the video width
             -> Linear -> width D_v, + spatial position (learned or 2-D sin-cos) within the frame;
             with last_frame_cond a noisy token also adds Linear_anchor(its patch of the last clean
             frame before its chunk): channel concatenation, the way video diffusion models condition
-            on a frame, so carrying the observed frame forward is one linear map away (zero-initialised)
+            on a frame, so carrying the observed frame forward is one linear map away (zero-initialised).
+            video_target="residual" (needs last_frame_cond) makes the video head predict the clean
+            latents as a residual over that frame, x̂ = anchor + head (x-prediction, as JiT), and the
+            velocity the objective and the sampler use is v = (x̂ - x_α) / max(1 - α, 0.05): a fresh
+            model (zero head) predicts copy-last exactly, and training can only move away from it
+            where the data says so. With "velocity" the head outputs the velocity itself (DiT, Wan).
     action  (ℓ; absent with use_latent_actions=False) ell_t is the token of latent frame t+1 (the
             action leading into it): frame 0 has none.  ell (B, T'-1, A) -> Linear -> width D_a
     robot   (the action expert; robot_action_dim = A_r > 0) like ℓ, one token per latent-frame step:
@@ -115,6 +120,8 @@ STREAMS = (VIDEO, ACTION, ROBOT)
 TOKEN_GROUPS = (*STREAMS, STATE)
 TIME_SCALE = 1000.0  # alpha in [0, 1] is embedded as a DiT-style timestep alpha * 1000
 ALPHA_SAMPLERS = ("uniform", "logit_normal")
+VIDEO_TARGETS = ("velocity", "residual")
+RESIDUAL_MIN_GAP = 0.05  # residual target: 1 - alpha is clamped here when x̂ becomes a velocity (as JiT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -163,6 +170,7 @@ class WAMConfig:
     attn_window: int | None = None  # attend to keys less than this many latent frames back
     grad_checkpoint: bool = False
     last_frame_cond: bool = False  # noisy video tokens also embed the last clean frame before their chunk
+    video_target: str = "velocity"  # "velocity" | "residual": x̂ = last clean frame + head (needs last_frame_cond)
     # training objective
     chunk_sizes: tuple[int, ...] = (1, 2, 3, 4)  # k drawn uniformly per batch
     alpha_sampler: str = "uniform"  # "uniform" (paper) | "logit_normal"
@@ -217,6 +225,11 @@ class WAMConfig:
             raise RepwamError(f"attn_window must be None or >= 1, got {self.attn_window}")
         if self.spatial_pos not in ("learned", "sincos"):
             raise RepwamError(f"spatial_pos must be 'learned' or 'sincos', got {self.spatial_pos!r}")
+        if self.video_target not in VIDEO_TARGETS:
+            raise RepwamError(f"video_target must be one of {VIDEO_TARGETS}, got {self.video_target!r}")
+        if self.video_target == "residual" and not self.last_frame_cond:
+            raise RepwamError("video_target='residual' predicts a residual over the last clean frame: it needs "
+                              "last_frame_cond=True")
         if self.alpha_sampler not in ALPHA_SAMPLERS:
             raise RepwamError(f"alpha_sampler must be one of {ALPHA_SAMPLERS}, got {self.alpha_sampler!r}")
         if not self.chunk_sizes or min(self.chunk_sizes) < 1:
@@ -293,22 +306,25 @@ def _streams(video_width, video_ffn, action_width, action_ffn):
 PRESETS: dict[str, WAMConfig] = {
     # CPU: the tiny tokenizer's 8x8 x 32 latents, patch 2 -> 16 video tokens per latent frame
     "tiny": WAMConfig(width=128, depth=4, heads=4, streams=_streams(128, 512, 64, 256), attn_window=8,
-                      last_frame_cond=True),
+                      last_frame_cond=True, video_target="residual"),
     # one GPU: the small tokenizer's 16x16 x 64 latents, patch 2 -> 64 tokens per latent frame
     "small": WAMConfig(
         latent_grid=(16, 16), latent_dim=64, width=512, depth=12, heads=8,
         streams=_streams(512, 2048, 256, 1024), attn_window=16, last_frame_cond=True,
+        video_target="residual",
     ),
     # Wan2.1-1.3B backbone (30 x 1536, 12 heads, FFN 8960) + action stream 768; base tokenizer 16x16 x 96,
     # patch 1 (the tokenizer already compresses 16x, as Wan2.1's VAE 8x + patch 2)
     "1.3b": WAMConfig(
         latent_grid=(16, 16), latent_dim=96, patch_size=1, width=1536, depth=30, heads=12,
         streams=_streams(1536, 8960, 768, 3072), attn_window=32, max_latent_frames=32, last_frame_cond=True,
+        video_target="residual",
     ),
     # Wan2.2-5B backbone (30 x 3072, 24 heads, FFN 14336) + action stream 768
     "5b": WAMConfig(
         latent_grid=(16, 16), latent_dim=96, patch_size=1, width=3072, depth=30, heads=24,
         streams=_streams(3072, 14336, 768, 3072), attn_window=32, max_latent_frames=32, last_frame_cond=True,
+        video_target="residual",
     ),
 }
 
@@ -845,6 +861,14 @@ class WorldActionModel(Pretrained, nn.Module):
         (h, w), p = self.cfg.patch_grid, self.cfg.patch_size
         return rearrange(x, "b (f h w) (p1 p2 c) -> b f (h p1 w p2) c", h=h, w=w, p1=p, p2=p)
 
+    def video_velocity(self, head, x, alpha, anchor):
+        """Velocity of noisy video tokens from the video head's output. head, x (noisy tokens), anchor (the last
+        clean frame's patches): (B, N, p²·d_v); alpha (B, N). See video_target in the module docstring."""
+        if self.cfg.video_target == "velocity":
+            return head
+        gap = (1 - alpha.float()).clamp(min=RESIDUAL_MIN_GAP)[..., None]
+        return (anchor.float() + head.float() - x.float()) / gap
+
     def unflatten_robot(self, x):
         """robot tokens (B, F, per·A_r) -> actions (B, F, per, A_r)."""
         return x.unflatten(-1, (self.cfg.robot_per_frame, self.cfg.robot_action_dim))
@@ -996,7 +1020,11 @@ class WorldActionModel(Pretrained, nn.Module):
         text = self.text_context(text_emb, text_mask, drop_text, B)
         heads = [g for g in self.stream_names if layout[g][1] is not None]
         out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchor=anchor)
-        result = {VIDEO: None if drop_video else self.unpatchify(out[VIDEO][:, n_clean * P :])}
+        result = {VIDEO: None}
+        if not drop_video:
+            head = out[VIDEO][:, n_clean * P :]
+            v = self.video_velocity(head, self.patchify(noisy_z), alpha_z.repeat_interleave(P, 1), anchor)
+            result[VIDEO] = self.unpatchify(v)
         if c.has(ACTION):
             result[ACTION] = None if drop_ell else out[ACTION][:, n_clean - 1 :]
         if c.has(ROBOT):
@@ -1237,9 +1265,12 @@ class WorldActionModel(Pretrained, nn.Module):
             n = video_steps or c.video_steps
             for i in range(n):
                 alpha = {VIDEO: i / n, ACTION: 0.0, ROBOT: 0.0}
-                v = self._velocity(cache, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
+                a = x[VIDEO].new_full(x[VIDEO].shape[:2], i / n, dtype=torch.float32)
+                v = self.video_velocity(self._velocity(cache, x, alpha, meta, (VIDEO,), anchor)[VIDEO], x[VIDEO], a,
+                                        anchor)
                 if cache.uncond is not None:
-                    v_u = self._velocity(cache.uncond, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
+                    v_u = self.video_velocity(self._velocity(cache.uncond, x, alpha, meta, (VIDEO,), anchor)[VIDEO],
+                                              x[VIDEO], a, anchor)
                     v = v_u + cache.cfg_scale * (v - v_u)
                 x[VIDEO] = x[VIDEO] + v / n
         if acts:

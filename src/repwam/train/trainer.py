@@ -27,6 +27,10 @@ Launch modes (the same entry point for both):
         batch the one-process run would draw); rank 0 alone logs, validates and checkpoints; the checkpoint is the
         unwrapped model, loadable in one process; the training state holds every rank's RNG state.
 
+Gradient accumulation (`optim.accum_steps = K`): each rank runs its share of a global batch as K micro-batches of
+batch_size / (N·K), each loss scaled by 1/K, gradients all-reduced on the last one only (DDP's no_sync before it):
+the same step as one batch of batch_size, with 1/K of the activations in memory.
+
 Run directory layout (`out`):
     out/checkpoints/last/            config.json + model.safetensors (+ extras): the last good weights
     out/checkpoints/step_0000500/    periodic snapshots (keep_snapshots most recent)
@@ -37,6 +41,7 @@ Run directory layout (`out`):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -58,7 +63,8 @@ OPTIMIZERS = ("adamw", "muon")
 @dataclass
 class OptimConfig:
     steps: int = 2000
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch of one optimiser step (over all ranks and micro-batches)
+    accum_steps: int = 1  # micro-batches per optimiser step: each rank's forward sees batch_size / (world * accum_steps)
     optimizer: str = "adamw"  # "adamw" | "muon": Muon on the 2-D weight matrices of the blocks, AdamW on the rest
     lr: float = 3e-4  # AdamW learning rate (peak)
     muon_lr: float = 0.02  # Muon learning rate (peak; the paper trains its WAM at 1e-2)
@@ -83,7 +89,7 @@ class OptimConfig:
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise RepwamError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("steps", "batch_size", "save_every", "log_every", "image_every"):
+        for name in ("steps", "batch_size", "accum_steps", "save_every", "log_every", "image_every"):
             if getattr(self, name) < 1:
                 raise RepwamError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:
@@ -153,15 +159,20 @@ def to_device(batch, device: torch.device):
 class ResumableBatches(torch.utils.data.Sampler):
     """Index batches forever: epoch e is a permutation drawn from (seed, e); starting at `start_step` gives exactly
     the batches an uninterrupted run would have drawn from that step on (drop_last: full batches only). With
-    `world` ranks, rank r takes its contiguous share of every global batch."""
+    `world` ranks, rank r takes its contiguous share of every global batch, as `accum` consecutive micro-batches:
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1):
+        global batch (batch_size)  =  [rank 0: micro 0 .. micro accum-1 | rank 1: ... | ... ]"""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1,
+                 accum: int = 1):
         if num_items < batch_size:
             raise RepwamError(f"the training set has {num_items} items, fewer than one batch of {batch_size}")
-        if batch_size % world:
-            raise RepwamError(f"the global batch size {batch_size} does not split over {world} processes")
+        if batch_size % (world * accum):
+            raise RepwamError(f"the global batch size {batch_size} does not split into {world} processes x {accum} "
+                              f"micro-batches; pick a batch size divisible by {world * accum}")
         self.n, self.b, self.seed, self.start = num_items, batch_size, seed, start_step
-        self.per_rank, self.rank = batch_size // world, rank
+        self.per_rank, self.rank, self.accum = batch_size // world, rank, accum
+        self.micro = self.per_rank // accum
         self.per_epoch = num_items // batch_size
 
     def __iter__(self):
@@ -170,8 +181,9 @@ class ResumableBatches(torch.utils.data.Sampler):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = torch.randperm(self.n, generator=g).tolist()
             for i in range(offset, self.per_epoch):
-                lo = i * self.b + self.rank * self.per_rank
-                yield perm[lo : lo + self.per_rank]
+                for a in range(self.accum):
+                    lo = i * self.b + self.rank * self.per_rank + a * self.micro
+                    yield perm[lo : lo + self.micro]
             epoch, offset = epoch + 1, 0
 
     def __len__(self):  # infinite; DataLoader only needs this for its own bookkeeping
@@ -434,12 +446,18 @@ class Trainer:
         for e, b in zip(self.ema.buffers(), self.stage.model.buffers()):
             e.copy_(b)
 
+    def _grad_sync(self, sync: bool):
+        """Gradients are averaged over ranks on the last micro-batch of a step only (DDP's no_sync before it)."""
+        if sync or self.world == 1:
+            return contextlib.nullcontext()
+        return self.loss_module.no_sync()
+
     def fit(self) -> Path:
         o, stage = self.o, self.stage
         seed_everything(o.seed + self.rank)  # every rank draws its own noise; DDP broadcast rank 0's weights
         step = self.resume()
         sampler = ResumableBatches(len(stage.train_set), o.batch_size, o.seed, start_step=step, rank=self.rank,
-                                   world=self.world)
+                                   world=self.world, accum=o.accum_steps)
         loader = torch.utils.data.DataLoader(stage.train_set, batch_sampler=sampler, num_workers=o.num_workers,
                                              collate_fn=stage.collate_fn, pin_memory=self.device.type == "cuda",
                                              # its own generator: making the iterator never draws from the global RNG
@@ -452,15 +470,20 @@ class Trainer:
                    dynamic_ncols=True)
         last = self.out / "checkpoints" / "last"
         while step < o.steps:
-            batch = to_device(next(batches), self.device)
-            with autocast:
-                losses = self.loss_module(batch)
-            bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
-            if bad:
-                self._fail(f"the loss ({', '.join(bad)})", step)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            losses = {}  # means over the micro-batches of this step
+            for micro in range(o.accum_steps):
+                batch = to_device(next(batches), self.device)
+                with self._grad_sync(micro == o.accum_steps - 1):
+                    with autocast:
+                        micro_losses = self.loss_module(batch)
+                    bad = [k for k, v in micro_losses.items() if not torch.isfinite(v).all()]
+                    if bad:
+                        self._fail(f"the loss ({', '.join(bad)})", step)
+                    (micro_losses["loss"] / o.accum_steps).backward()
+                for k, v in micro_losses.items():
+                    losses[k] = losses.get(k, 0.0) + v.detach() / o.accum_steps
             gnorm = torch.nn.utils.clip_grad_norm_(self._params(), o.grad_clip)
             if not torch.isfinite(gnorm):
                 self._fail("the gradient norm", step)

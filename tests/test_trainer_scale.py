@@ -1,0 +1,82 @@
+"""Trainer settings for scale on tiny sizes: gradient accumulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from repwam.errors import RepwamError
+from repwam.lat.model import LatentActionTokenizer
+from repwam.train.lat import LATStage, LATTrainConfig, train_lat
+from repwam.train.trainer import OptimConfig, ResumableBatches
+
+
+def lat_config(tokenizer, **optim):
+    return LATTrainConfig(tokenizer=str(tokenizer), val_fraction=0.34,
+                          optim=OptimConfig(**{**dict(steps=1, batch_size=16, lr=3e-3, warmup=1, save_every=1,
+                                                      log_every=1, val_items=16), **optim}))
+
+
+def test_micro_batches_split_each_global_batch_and_resume():
+    """Per step, the micro-batches of all ranks together are exactly the one-process batch, from any start step."""
+    one = ResumableBatches(40, 8, seed=3)
+    ranks = [ResumableBatches(40, 8, seed=3, rank=r, world=2, accum=2) for r in range(2)]
+    it_one, its = iter(one), [iter(s) for s in ranks]
+    for _ in range(12):  # more than one epoch (5 batches each)
+        micro = [[next(it) for _ in range(2)] for it in its]
+        assert [len(m) for r in micro for m in r] == [2, 2, 2, 2]
+        assert [i for r in micro for m in r for i in m] == next(it_one)
+    tail = [next(iter(ResumableBatches(40, 8, seed=3, start_step=7, rank=1, world=2, accum=2))) for _ in range(1)]
+    full = iter(ResumableBatches(40, 8, seed=3, rank=1, world=2, accum=2))
+    assert tail[0] == [next(full) for _ in range(2 * 7 + 1)][-1]
+    with pytest.raises(RepwamError, match="does not split into 2 processes x 3 micro-batches"):
+        ResumableBatches(40, 8, seed=3, world=2, accum=3)
+    with pytest.raises(RepwamError, match="accum_steps must be >= 1"):
+        OptimConfig(accum_steps=0)
+
+
+def test_accumulated_step_equals_one_big_batch(tiny_tokenizer, tiny_dataset, tmp_path, monkeypatch):
+    """One AdamW step on 16 items as 2 micro-batches of 8 = the same step on one batch of 16. The LAT's loss is a
+    mean over independent items with no random draws, so the two gradients agree up to float rounding. Besides the
+    weights (AdamW's first step is nearly sign(g), blind to the gradient's scale), the optimiser's moments are
+    compared: they hold the gradient itself, so a wrong 1/accum_steps or a lost micro-batch shows there."""
+    seen = []
+    real = LATStage.loss
+    monkeypatch.setattr(LATStage, "loss", lambda self, batch: seen.append(len(batch["z"])) or real(self, batch))
+    runs = {}
+    for accum in (1, 2):
+        ckpt = train_lat(lat_config(tiny_tokenizer, accum_steps=accum), [tiny_dataset], tmp_path / f"a{accum}",
+                         progress=False)
+        state = torch.load(tmp_path / f"a{accum}" / "training_state.pt", weights_only=False)
+        runs[accum] = LatentActionTokenizer.from_pretrained(ckpt).state_dict(), state["optimizers"][0]["state"]
+    assert seen == [16, 8, 8]
+    (w1, opt1), (w2, opt2) = runs[1], runs[2]
+    assert sum(float(s["exp_avg"].abs().sum()) for s in opt1.values()) > 0, "a gradient reached the optimiser"
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-6, msg=k)
+    assert opt1.keys() == opt2.keys()
+    for i in opt1:
+        for m in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(opt2[i][m], opt1[i][m], rtol=1e-4, atol=1e-9)
+
+
+def test_accumulated_run_resumes_exactly(tiny_tokenizer, tiny_dataset, tmp_path, monkeypatch):
+    """Interrupted between the micro-batches of step 3 and resumed from the step-2 state: the same weights."""
+    calls = []
+    real = LATStage.loss
+
+    def interrupt_once(self, batch):
+        calls.append(1)
+        if len(calls) == 6:  # step 3's second micro-batch of the second run
+            raise KeyboardInterrupt
+        return real(self, batch)
+
+    cfg = lat_config(tiny_tokenizer, steps=4, save_every=2, accum_steps=2)
+    a = train_lat(cfg, [tiny_dataset], tmp_path / "a", progress=False)
+    monkeypatch.setattr(LATStage, "loss", interrupt_once)
+    with pytest.raises(KeyboardInterrupt):
+        train_lat(cfg, [tiny_dataset], tmp_path / "b", progress=False)
+    b = train_lat(cfg, [tiny_dataset], tmp_path / "b", resume=True, progress=False)
+    wa = LatentActionTokenizer.from_pretrained(a).state_dict()
+    wb = LatentActionTokenizer.from_pretrained(b).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

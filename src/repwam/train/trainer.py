@@ -31,6 +31,9 @@ Gradient accumulation (`optim.accum_steps = K`): each rank runs its share of a g
 batch_size / (N·K), each loss scaled by 1/K, gradients all-reduced on the last one only (DDP's no_sync before it):
 the same step as one batch of batch_size, with 1/K of the activations in memory.
 
+`optim.compile`: torch.compile each repeated block of the model in place (`compile_blocks`); the checkpoint keys stay
+plain. On a CPU, inductor takes tens of seconds to compile the tiny models: worth it for long runs only.
+
 Run directory layout (`out`):
     out/checkpoints/last/            config.json + model.safetensors (+ extras): the last good weights
     out/checkpoints/step_0000500/    periodic snapshots (keep_snapshots most recent)
@@ -58,6 +61,8 @@ from tqdm import tqdm
 from repwam.errors import RepwamError
 
 OPTIMIZERS = ("adamw", "muon")
+# optim settings a resumed run may change: how long, and how the same steps are computed
+RESUME_MAY_CHANGE = ("steps", "num_workers", "device", "compile")
 
 
 @dataclass
@@ -85,6 +90,7 @@ class OptimConfig:
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast (never fp16 on a CPU: ~300x slower there)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
+    compile: bool = False  # torch.compile the model's repeated blocks (see compile_blocks)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -217,6 +223,19 @@ def param_groups(module: torch.nn.Module, weight_decay: float, muon: bool):
     return muon_params, groups
 
 
+def compile_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """torch.compile the repeated blocks of a model: every entry of its outermost ModuleLists (the WAM's `blocks`,
+    the tokenizer's `encoder` and `decoder`, the LAT's residual blocks); a model with none is compiled whole. Blocks
+    compile once and are reused at every depth, and the code between them (random draws, masks) stays eager.
+    In place (`nn.Module.compile`): parameter names, and so the checkpoint's keys, stay plain."""
+    entries = [b for m in model.modules() if isinstance(m, torch.nn.ModuleList) for b in m]
+    nested = {id(sub) for b in entries for sub in b.modules() if sub is not b}
+    blocks = [b for b in entries if id(b) not in nested] or [model]
+    for b in blocks:
+        b.compile()
+    return blocks
+
+
 class Stage:
     """What a training stage gives the trainer (see the module docstring). Subclasses set `name`, `model`,
     `train_set` and `run_config`, and override `loss`, `validate` and `checkpoint_meta`."""
@@ -284,6 +303,9 @@ class Trainer:
         for m in (*self.trained.values(), *self.aux.values()):
             m.to(self.device)
         stage.to(self.device)
+        self.ema = copy.deepcopy(stage.model).eval().requires_grad_(False) if optim.ema > 0 else None
+        if optim.compile:
+            compile_blocks(stage.model)
         self.loss_module = StageLoss(stage, self.trained)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -291,7 +313,6 @@ class Trainer:
             # unused: streams dropped in some steps (the WAM's video or ℓ drop), the null text
             self.loss_module = DDP(self.loss_module, find_unused_parameters=True,
                                    device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.ema = copy.deepcopy(stage.model).eval().requires_grad_(False) if optim.ema > 0 else None
         self.optimizers = self._build_optimizers()
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, optim.warmup, optim.steps, optim.min_lr_ratio)) for opt in self.optimizers]
@@ -315,9 +336,9 @@ class Trainer:
             fixed = lambda c: {k: v for k, v in c.items() if k != "optim"}  # noqa: E731
             old_o, new_o = previous.get("optim", {}), run_config.get("optim", {})
             changed = {k: (fixed(previous).get(k), v) for k, v in fixed(run_config).items() if fixed(previous).get(k) != v}
-            # the number of steps may grow on resume; nothing else of the optimisation may change
+            # the number of steps may grow on resume; nothing else of the optimisation may change but how it runs
             changed.update({f"optim.{k}": (old_o.get(k), v) for k, v in new_o.items()
-                            if k not in ("steps", "num_workers", "device") and old_o.get(k) != v})
+                            if k not in RESUME_MAY_CHANGE and old_o.get(k) != v})
             if changed:
                 raise RepwamError(f"cannot resume {self.out}: the run was started with other settings {changed}")
         tmp = run_file.with_suffix(".tmp")

@@ -1,4 +1,4 @@
-"""Trainer settings for scale on tiny sizes: gradient accumulation, torch.compile."""
+"""Trainer settings for scale on tiny sizes: gradient accumulation, torch.compile, activation checkpointing."""
 
 from __future__ import annotations
 
@@ -128,3 +128,68 @@ def test_compiled_wam_trains_like_eager(tiny_tokenizer, tiny_lat, tiny_dataset, 
     assert list(a) == list(b)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
+
+
+def test_tokenizer_gradients_equal_with_activation_checkpointing(monkeypatch):
+    """RepViTok's encoder and decoder blocks recomputed in backward: the same gradients, one recompute per block."""
+    import repwam.tokenizer.model as M
+    from repwam.tokenizer import RepViTok, TokenizerConfig
+
+    calls = []
+    real = M.checkpoint
+    monkeypatch.setattr(M, "checkpoint", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    torch.manual_seed(0)
+    model = RepViTok(TokenizerConfig.preset("tiny")).train()
+    x = torch.rand(2, 5, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+    def grads(on):
+        model.grad_checkpoint = on
+        model.zero_grad()
+        recon, z = model(x)
+        ((recon - x).abs().mean() + z.pow(2).mean()).backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads(False)
+    assert not calls
+    ckpt = grads(True)
+    assert len(calls) == 2 * model.cfg.depth
+    assert plain.keys() == ckpt.keys() and len(plain) == len(list(model.parameters()))
+    for k in plain:
+        torch.testing.assert_close(ckpt[k], plain[k], msg=k)
+
+
+def test_wam_activation_checkpointing_same_step_config_untouched(tiny_tokenizer, tiny_lat, tiny_dataset, tmp_path,
+                                                                   monkeypatch):
+    """optim.activation_checkpointing on the WAM: one step gives the gradients (AdamW's first moment) and weights of
+    a run without; its blocks were recomputed; the saved config keeps grad_checkpoint=False."""
+    import json
+
+    import repwam.wam.model as M
+    from repwam.train.wam import WAMTrainConfig, train_wam
+    from repwam.wam.model import WorldActionModel
+
+    calls = []
+    real = M.checkpoint
+    monkeypatch.setattr(M, "checkpoint", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+
+    def run(name, on):
+        cfg = WAMTrainConfig(tokenizer=str(tiny_tokenizer), lat=str(tiny_lat), clip_frames=4, attn_window=3,
+                             val_fraction=0.34, optim=OptimConfig(steps=1, batch_size=4, lr=1e-3, warmup=1,
+                                                                  save_every=1, val_items=8,
+                                                                  activation_checkpointing=on))
+        ckpt = train_wam(cfg, [tiny_dataset], tmp_path / name, progress=False)
+        state = torch.load(tmp_path / name / "training_state.pt", weights_only=False)["optimizers"][0]["state"]
+        return ckpt, WorldActionModel.from_pretrained(ckpt).state_dict(), state
+
+    _, w0, opt0 = run("plain", False)
+    assert not calls
+    ckpt, w1, opt1 = run("ckpt", True)
+    assert len(calls) == WorldActionModel.from_pretrained(ckpt).cfg.depth, "each block recomputed once"
+    assert json.loads((ckpt / "config.json").read_text())["wam"]["grad_checkpoint"] is False
+    for i in opt0:
+        torch.testing.assert_close(opt1[i]["exp_avg"], opt0[i]["exp_avg"], rtol=1e-5, atol=1e-9)
+    for k in w0:
+        torch.testing.assert_close(w1[k], w0[k], rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(RepwamError, match="LatentActionTokenizer has no activation checkpointing"):
+        train_lat(lat_config(tiny_tokenizer, activation_checkpointing=True), [tiny_dataset], tmp_path / "lat",
+                  progress=False)

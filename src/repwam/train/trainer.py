@@ -33,6 +33,8 @@ the same step as one batch of batch_size, with 1/K of the activations in memory.
 
 `optim.compile`: torch.compile each repeated block of the model in place (`compile_blocks`); the checkpoint keys stay
 plain. On a CPU, inductor takes tens of seconds to compile the tiny models: worth it for long runs only.
+`optim.activation_checkpointing`: sets the model's `grad_checkpoint` (the WAM's and RepViTok's blocks recompute their
+activations in backward); the model's config, and so config.json, is left as it was.
 
 Run directory layout (`out`):
     out/checkpoints/last/            config.json + model.safetensors (+ extras): the last good weights
@@ -62,7 +64,7 @@ from repwam.errors import RepwamError
 
 OPTIMIZERS = ("adamw", "muon")
 # optim settings a resumed run may change: how long, and how the same steps are computed
-RESUME_MAY_CHANGE = ("steps", "num_workers", "device", "compile")
+RESUME_MAY_CHANGE = ("steps", "num_workers", "device", "compile", "activation_checkpointing")
 
 
 @dataclass
@@ -91,6 +93,7 @@ class OptimConfig:
     bf16: bool = False  # bfloat16 autocast (never fp16 on a CPU: ~300x slower there)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     compile: bool = False  # torch.compile the model's repeated blocks (see compile_blocks)
+    activation_checkpointing: bool = False  # recompute block activations in backward (models with grad_checkpoint)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -304,6 +307,11 @@ class Trainer:
             m.to(self.device)
         stage.to(self.device)
         self.ema = copy.deepcopy(stage.model).eval().requires_grad_(False) if optim.ema > 0 else None
+        if optim.activation_checkpointing:
+            if not hasattr(stage.model, "grad_checkpoint"):
+                raise RepwamError(f"optim.activation_checkpointing: {type(stage.model).__name__} has no activation "
+                                  f"checkpointing (grad_checkpoint); train it without")
+            stage.model.grad_checkpoint = True  # the model's setting, not its config: config.json stays as it was
         if optim.compile:
             compile_blocks(stage.model)
         self.loss_module = StageLoss(stage, self.trained)

@@ -120,8 +120,9 @@ def test_compiled_wam_trains_like_eager(tiny_tokenizer, tiny_lat, tiny_dataset, 
 
     def run(name, compile):
         cfg = WAMTrainConfig(tokenizer=str(tiny_tokenizer), lat=str(tiny_lat), clip_frames=4, attn_window=3,
-                             val_fraction=0.34, optim=OptimConfig(steps=2, batch_size=4, lr=1e-3, warmup=1, save_every=2,
-                                                                  val_items=8, compile=compile))
+                             val_fraction=0.34,
+                             optim=OptimConfig(steps=2, batch_size=4, lr=1e-3, warmup=1, save_every=2, val_items=8,
+                                               compile=compile))
         return WorldActionModel.from_pretrained(train_wam(cfg, [tiny_dataset], tmp_path / name, progress=False))
 
     a, b = run("eager", False).state_dict(), run("compiled", True).state_dict()

@@ -82,7 +82,7 @@ RESUME_MAY_CHANGE = ("steps", "num_workers", "device", "compile", "activation_ch
 class OptimConfig:
     steps: int = 2000
     batch_size: int = 16  # the global batch of one optimiser step (over all ranks and micro-batches)
-    accum_steps: int = 1  # micro-batches per optimiser step: each rank's forward sees batch_size / (world * accum_steps)
+    accum_steps: int = 1  # micro-batches per optimiser step; each forward sees batch_size / (world * accum_steps)
     optimizer: str = "adamw"  # "adamw" | "muon": Muon on the 2-D weight matrices of the blocks, AdamW on the rest
     lr: float = 3e-4  # AdamW learning rate (peak)
     muon_lr: float = 0.02  # Muon learning rate (peak; the paper trains its WAM at 1e-2)
@@ -105,8 +105,7 @@ class OptimConfig:
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     compile: bool = False  # torch.compile the model's repeated blocks (see compile_blocks)
     activation_checkpointing: bool = False  # recompute block activations in backward (models with grad_checkpoint)
-    parallel: str = "ddp"  # under torchrun: "ddp" (a full replica per rank) | "fsdp" (FSDP2: weights, gradients and
-    # optimiser states sharded over the ranks; see the module docstring)
+    parallel: str = "ddp"  # under torchrun: "ddp" (a replica per rank) | "fsdp" (FSDP2: weights, grads, moments split)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -515,7 +514,7 @@ class Trainer:
         if self.main and tmp.exists():
             shutil.rmtree(tmp)
         barrier()
-        dcp.save(self._sharded_state(), checkpoint_id=tmp)  # returns once every rank's shards and the metadata are written
+        dcp.save(self._sharded_state(), checkpoint_id=tmp)  # returns when all ranks' shards and the metadata are in
         if self.main:
             torch.save(state, tmp / TRAINER_STATE)
             if self.state_file.exists():
@@ -525,7 +524,7 @@ class Trainer:
                 shutil.rmtree(old)
 
     def _load_sharded(self) -> dict:
-        """Load this rank's shards of training_state.dcp/ into the model, the EMA and the optimisers; returns the rest."""
+        """Load this rank's shards of training_state.dcp/ into the model, EMA and optimisers; returns the rest."""
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 

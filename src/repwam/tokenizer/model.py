@@ -76,7 +76,7 @@ class TokenizerConfig(ModelConfig):
     spatial_pos: str = "learned"  # "learned" | "sincos"
     temporal_pos: str = "rope"  # "rope" (relative) | "sincos" (absolute)
     qk_norm: bool = True  # LayerNorm on queries and keys per head (stable training)
-    grad_checkpoint: bool = False  # activation checkpointing of the ViT blocks while training
+    grad_checkpoint: bool = False  # the model's initial `grad_checkpoint` (activation checkpointing of the blocks)
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -345,6 +345,9 @@ class RepViTok(VisualTokenizer, Pretrained, nn.Module):
         self.decoder = nn.ModuleList([mk() for _ in range(cfg.depth)])
         self.dec_norm = nn.LayerNorm(D)
         self.unpatchify = Unpatchify(cfg)
+        # recompute each block's activations in backward instead of keeping them (training only); a setting of how
+        # to train, not of the model: the trainer sets it (optim.activation_checkpointing) without touching cfg
+        self.grad_checkpoint = cfg.grad_checkpoint
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -402,7 +405,7 @@ class RepViTok(VisualTokenizer, Pretrained, nn.Module):
     def _run(self, blocks, x, mask, rope, caches=None):
         for i, blk in enumerate(blocks):
             cache = None if caches is None else caches[i]
-            if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled() and cache is None:
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled() and cache is None:
                 x = checkpoint(blk, x, mask, rope, use_reentrant=False)
             else:
                 x = blk(x, mask, rope, cache)

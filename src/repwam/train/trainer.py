@@ -26,17 +26,35 @@ Launch modes (the same entry point for both):
         the CPU and NCCL on GPUs; `optim.batch_size` is the GLOBAL batch (each rank takes batch_size / N of every
         batch the one-process run would draw); rank 0 alone logs, validates and checkpoints; the checkpoint is the
         unwrapped model, loadable in one process; the training state holds every rank's RNG state.
+    torchrun ... --optim.parallel fsdp                          FSDP2 instead of DDP (`shard`): each repeated block,
+        then the model, is `fully_shard`ed: every rank keeps 1/N of each weight, gradient and optimiser state, and a
+        block's weights are gathered just before it runs. The EMA is sharded alike. The training state is written
+        with torch.distributed.checkpoint, each rank its shards (out/training_state.dcp/); for validation and the
+        checkpoint, rank 0 gathers the full weights into a plain copy of the model (one extra full copy on rank 0),
+        so the checkpoint loads in one process. Refused for models with scalar parameters (the LAT) and for stages
+        that train more than their model (an alignment head, the GAN discriminator). Ignored in one process.
+
+Gradient accumulation (`optim.accum_steps = K`): each rank runs its share of a global batch as K micro-batches of
+batch_size / (N·K), each loss scaled by 1/K, gradients reduced on the last one only (DDP's no_sync before it):
+the same step as one batch of batch_size, with 1/K of the activations in memory.
+
+`optim.compile`: torch.compile each repeated block of the model in place (`compile_blocks`); the checkpoint keys stay
+plain. On a CPU, inductor takes tens of seconds to compile the tiny models: worth it for long runs only.
+`optim.activation_checkpointing`: sets the model's `grad_checkpoint` (the WAM's and RepViTok's blocks recompute their
+activations in backward); the model's config, and so config.json, is left as it was.
 
 Run directory layout (`out`):
     out/checkpoints/last/            config.json + model.safetensors (+ extras): the last good weights
     out/checkpoints/step_0000500/    periodic snapshots (keep_snapshots most recent)
     out/training_state.pt            optimisers, schedule, step, EMA, RNG: what resume needs (kept apart)
+    out/training_state.dcp/          the same under FSDP: every rank's shards + trainer.pt (step, schedule, RNG)
     out/tb/                          TensorBoard scalars and images
     out/run.json                     the full run config (replay it with `--config out/run.json`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -53,12 +71,18 @@ from tqdm import tqdm
 from repwam.errors import RepwamError
 
 OPTIMIZERS = ("adamw", "muon")
+PARALLEL = ("ddp", "fsdp")
+STATE_FILE, SHARDED_STATE_DIR = "training_state.pt", "training_state.dcp"
+TRAINER_STATE = "trainer.pt"  # in SHARDED_STATE_DIR: step, schedule and RNG states (what is not sharded)
+# optim settings a resumed run may change: how long, and how the same steps are computed
+RESUME_MAY_CHANGE = ("steps", "num_workers", "device", "compile", "activation_checkpointing")
 
 
 @dataclass
 class OptimConfig:
     steps: int = 2000
-    batch_size: int = 16
+    batch_size: int = 16  # the global batch of one optimiser step (over all ranks and micro-batches)
+    accum_steps: int = 1  # micro-batches per optimiser step; each forward sees batch_size / (world * accum_steps)
     optimizer: str = "adamw"  # "adamw" | "muon": Muon on the 2-D weight matrices of the blocks, AdamW on the rest
     lr: float = 3e-4  # AdamW learning rate (peak)
     muon_lr: float = 0.02  # Muon learning rate (peak; the paper trains its WAM at 1e-2)
@@ -79,15 +103,20 @@ class OptimConfig:
     seed: int = 0
     bf16: bool = False  # bfloat16 autocast (never fp16 on a CPU: ~300x slower there)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
+    compile: bool = False  # torch.compile the model's repeated blocks (see compile_blocks)
+    activation_checkpointing: bool = False  # recompute block activations in backward (models with grad_checkpoint)
+    parallel: str = "ddp"  # under torchrun: "ddp" (a replica per rank) | "fsdp" (FSDP2: weights, grads, moments split)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
             raise RepwamError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        for name in ("steps", "batch_size", "save_every", "log_every", "image_every"):
+        for name in ("steps", "batch_size", "accum_steps", "save_every", "log_every", "image_every"):
             if getattr(self, name) < 1:
                 raise RepwamError(f"optim.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.ema < 1.0:
             raise RepwamError(f"optim.ema must be in [0, 1), got {self.ema}")
+        if self.parallel not in PARALLEL:
+            raise RepwamError(f"optim.parallel must be one of {PARALLEL}, got {self.parallel!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -153,15 +182,20 @@ def to_device(batch, device: torch.device):
 class ResumableBatches(torch.utils.data.Sampler):
     """Index batches forever: epoch e is a permutation drawn from (seed, e); starting at `start_step` gives exactly
     the batches an uninterrupted run would have drawn from that step on (drop_last: full batches only). With
-    `world` ranks, rank r takes its contiguous share of every global batch."""
+    `world` ranks, rank r takes its contiguous share of every global batch, as `accum` consecutive micro-batches:
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1):
+        global batch (batch_size)  =  [rank 0: micro 0 .. micro accum-1 | rank 1: ... | ... ]"""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1,
+                 accum: int = 1):
         if num_items < batch_size:
             raise RepwamError(f"the training set has {num_items} items, fewer than one batch of {batch_size}")
-        if batch_size % world:
-            raise RepwamError(f"the global batch size {batch_size} does not split over {world} processes")
+        if batch_size % (world * accum):
+            raise RepwamError(f"the global batch size {batch_size} does not split into {world} processes x {accum} "
+                              f"micro-batches; pick a batch size divisible by {world * accum}")
         self.n, self.b, self.seed, self.start = num_items, batch_size, seed, start_step
-        self.per_rank, self.rank = batch_size // world, rank
+        self.per_rank, self.rank, self.accum = batch_size // world, rank, accum
+        self.micro = self.per_rank // accum
         self.per_epoch = num_items // batch_size
 
     def __iter__(self):
@@ -170,8 +204,9 @@ class ResumableBatches(torch.utils.data.Sampler):
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             perm = torch.randperm(self.n, generator=g).tolist()
             for i in range(offset, self.per_epoch):
-                lo = i * self.b + self.rank * self.per_rank
-                yield perm[lo : lo + self.per_rank]
+                for a in range(self.accum):
+                    lo = i * self.b + self.rank * self.per_rank + a * self.micro
+                    yield perm[lo : lo + self.micro]
             epoch, offset = epoch + 1, 0
 
     def __len__(self):  # infinite; DataLoader only needs this for its own bookkeeping
@@ -203,6 +238,41 @@ def param_groups(module: torch.nn.Module, weight_decay: float, muon: bool):
     groups = [g for g in ({"params": decay, "weight_decay": weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     return muon_params, groups
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every entry of the model's outermost ModuleLists: the WAM's `blocks`, the tokenizer's `encoder` and `decoder`,
+    the LAT's residual blocks."""
+    entries = [b for m in model.modules() if isinstance(m, torch.nn.ModuleList) for b in m]
+    nested = {id(sub) for b in entries for sub in b.modules() if sub is not b}
+    return [b for b in entries if id(b) not in nested]
+
+
+def compile_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """torch.compile each repeated block of a model (a model with none is compiled whole). Blocks compile once and are
+    reused at every depth, and the code between them (random draws, masks) stays eager. In place
+    (`nn.Module.compile`): parameter names, and so the checkpoint's keys, stay plain."""
+    blocks = repeated_blocks(model) or [model]
+    for b in blocks:
+        b.compile()
+    return blocks
+
+
+def shard(model: torch.nn.Module, mesh) -> None:
+    """FSDP2 (`fully_shard`): each repeated block is its own unit (its weights gathered just before it runs and freed
+    after), then the rest of the model; each rank keeps 1/world of every weight, gradient and optimiser state.
+    Parameters become DTensors; their names stay plain."""
+    from torch.distributed.fsdp import fully_shard
+
+    scalars = [n for n, p in model.named_parameters() if p.ndim == 0]
+    if scalars:
+        raise RepwamError(f"optim.parallel=fsdp cannot shard {type(model).__name__}: FSDP2 splits parameters along "
+                          f"their first dimension and {scalars} are scalars; use optim.parallel=ddp")
+    for blk in repeated_blocks(model):
+        fully_shard(blk, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    # zero gradients for what a rank did not use (a stream dropped on some ranks only), so all ranks reduce alike
+    model.set_reduce_scatter_unused_params(True)
 
 
 class Stage:
@@ -261,7 +331,8 @@ class Trainer:
         self.main = self.rank == 0
         self.progress = progress and self.main
         self.device = init_distributed(resolve_device(optim.device))
-        self.state_file = self.out / "training_state.pt"
+        self.fsdp = optim.parallel == "fsdp" and self.world > 1
+        self.state_file = self.out / (SHARDED_STATE_DIR if self.fsdp else STATE_FILE)
         if self.main:
             self._prepare_dir(run_config, resume)
         barrier()
@@ -269,17 +340,41 @@ class Trainer:
         self.aux = stage.aux_modules()  # own optimiser each
         if self.aux and self.world > 1:
             raise RepwamError("auxiliary optimisers (the GAN discriminator) are not supported under torchrun yet")
+        if self.fsdp and len(self.trained) > 1:
+            raise RepwamError(f"optim.parallel=fsdp shards the stage's model alone, but this stage also trains "
+                              f"{sorted(self.trained)[1:]}; use optim.parallel=ddp")
         for m in (*self.trained.values(), *self.aux.values()):
             m.to(self.device)
         stage.to(self.device)
+        if self.fsdp:  # DDP broadcasts rank 0's weights; FSDP shards each rank's own copy, so make them rank 0's
+            import torch.distributed as dist
+
+            for t in (*stage.model.parameters(), *stage.model.buffers()):
+                dist.broadcast(t.data, src=0)
+        self.ema = copy.deepcopy(stage.model).eval().requires_grad_(False) if optim.ema > 0 else None
+        # under FSDP, rank 0 validates and saves a plain copy holding the gathered weights (see _saved_model)
+        self.plain = copy.deepcopy(stage.model).eval().requires_grad_(False) if self.fsdp and self.main else None
+        if optim.activation_checkpointing:
+            if not hasattr(stage.model, "grad_checkpoint"):
+                raise RepwamError(f"optim.activation_checkpointing: {type(stage.model).__name__} has no activation "
+                                  f"checkpointing (grad_checkpoint); train it without")
+            stage.model.grad_checkpoint = True  # the model's setting, not its config: config.json stays as it was
+        if optim.compile:
+            compile_blocks(stage.model)
         self.loss_module = StageLoss(stage, self.trained)
-        if self.world > 1:
+        if self.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh(self.device.type, (self.world,))
+            for m in (stage.model, self.ema):
+                if m is not None:
+                    shard(m, mesh)  # the EMA sharded alike: its update stays elementwise on the local shards
+        elif self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             # unused: streams dropped in some steps (the WAM's video or ℓ drop), the null text
             self.loss_module = DDP(self.loss_module, find_unused_parameters=True,
                                    device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.ema = copy.deepcopy(stage.model).eval().requires_grad_(False) if optim.ema > 0 else None
         self.optimizers = self._build_optimizers()
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, optim.warmup, optim.steps, optim.min_lr_ratio)) for opt in self.optimizers]
@@ -289,7 +384,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _prepare_dir(self, run_config: dict, resume: bool) -> None:
-        has_state = self.state_file.exists()
+        has_state = any((self.out / f).exists() for f in (STATE_FILE, SHARDED_STATE_DIR))
         if has_state and not resume:
             raise RepwamError(f"{self.out} already holds a training run; pass --resume to continue it or choose another --out")
         try:
@@ -303,9 +398,9 @@ class Trainer:
             fixed = lambda c: {k: v for k, v in c.items() if k != "optim"}  # noqa: E731
             old_o, new_o = previous.get("optim", {}), run_config.get("optim", {})
             changed = {k: (fixed(previous).get(k), v) for k, v in fixed(run_config).items() if fixed(previous).get(k) != v}
-            # the number of steps may grow on resume; nothing else of the optimisation may change
+            # the number of steps may grow on resume; nothing else of the optimisation may change but how it runs
             changed.update({f"optim.{k}": (old_o.get(k), v) for k, v in new_o.items()
-                            if k not in ("steps", "num_workers", "device") and old_o.get(k) != v})
+                            if k not in RESUME_MAY_CHANGE and old_o.get(k) != v})
             if changed:
                 raise RepwamError(f"cannot resume {self.out}: the run was started with other settings {changed}")
         tmp = run_file.with_suffix(".tmp")
@@ -349,9 +444,32 @@ class Trainer:
         return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
-    def save(self, step: int) -> Path:
-        """Weights (last + a snapshot; the EMA weights when EMA is on) and the training state, each atomically.
-        Every rank takes part (its RNG state is gathered); rank 0 writes."""
+    def _sharded_state(self) -> dict:
+        """Under FSDP: this rank's shards of the model, the EMA and the optimisers, keyed by parameter name."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        state = {"model": get_model_state_dict(self.stage.model),
+                 "optimizers": get_optimizer_state_dict(self.stage.model, self.optimizers)}
+        if self.ema is not None:
+            state["ema"] = get_model_state_dict(self.ema)
+        return state
+
+    def _saved_model(self) -> torch.nn.Module | None:
+        """What is validated and saved: the EMA weights when EMA is on, else the model's. Under FSDP, rank 0's plain
+        copy loaded with the gathered full weights (every rank takes part; the others get None)."""
+        model = self.ema if self.ema is not None else self.stage.model
+        if not self.fsdp:
+            return model
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.main:
+            self.plain.load_state_dict(full)
+        return self.plain
+
+    def save(self, step: int, model: torch.nn.Module | None) -> Path:
+        """The weights of `model` (`_saved_model`; last + a snapshot) and the training state, each atomically. Every
+        rank takes part (its RNG state is gathered; under FSDP it writes its shards); rank 0 writes the rest."""
         o = self.o
         rngs = [self._rng_state()]
         if self.world > 1:
@@ -359,49 +477,82 @@ class Trainer:
 
             rngs = [None] * self.world
             dist.all_gather_object(rngs, self._rng_state())
-        last = self.out / "checkpoints" / "last"
-        if not self.main:
-            barrier()
-            return last
-        model = self.ema if self.ema is not None else self.stage.model
-        meta = {**self.stage.checkpoint_meta(model), "step": step}
-        ckpt = model.save_pretrained(self.out / "checkpoints" / "last", meta, self.stage.extra_modules())
-        snap = self.out / "checkpoints" / f"step_{step:07d}"
-        if snap.exists():
-            shutil.rmtree(snap)
-        shutil.copytree(ckpt, snap)
-        snaps = sorted(p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir())
-        for old in snaps[: -o.keep_snapshots] if o.keep_snapshots > 0 else snaps:
-            shutil.rmtree(old)
+        ckpt = self.out / "checkpoints" / "last"
+        if self.main:
+            meta = {**self.stage.checkpoint_meta(model), "step": step}
+            ckpt = model.save_pretrained(ckpt, meta, self.stage.extra_modules())
+            snap = self.out / "checkpoints" / f"step_{step:07d}"
+            if snap.exists():
+                shutil.rmtree(snap)
+            shutil.copytree(ckpt, snap)
+            snaps = sorted(p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir())
+            for old in snaps[: -o.keep_snapshots] if o.keep_snapshots > 0 else snaps:
+                shutil.rmtree(old)
         state = {
             "step": step,
-            "modules": self._modules_state(),
-            "optimizers": [opt.state_dict() for opt in self.optimizers],
             "schedulers": [s.state_dict() for s in self.schedulers],
             "aux_optimizers": {k: opt.state_dict() for k, opt in self.aux_optimizers.items()},
             "rng": rngs[0],
             "rank_rngs": rngs,
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_file)
+        if self.fsdp:
+            self._save_sharded(state)
+        elif self.main:
+            state.update(modules=self._modules_state(), optimizers=[opt.state_dict() for opt in self.optimizers])
+            tmp = self.state_file.with_suffix(".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, self.state_file)
         barrier()
         return ckpt
+
+    def _save_sharded(self, state: dict) -> None:
+        """training_state.dcp/: every rank's shards (torch.distributed.checkpoint) and `state` (TRAINER_STATE), written
+        under a temporary name that rank 0 swaps in once all shards are written."""
+        import torch.distributed.checkpoint as dcp
+
+        tmp, old = (self.state_file.with_name(self.state_file.name + s) for s in (".tmp", ".old"))
+        if self.main and tmp.exists():
+            shutil.rmtree(tmp)
+        barrier()
+        dcp.save(self._sharded_state(), checkpoint_id=tmp)  # returns when all ranks' shards and the metadata are in
+        if self.main:
+            torch.save(state, tmp / TRAINER_STATE)
+            if self.state_file.exists():
+                os.replace(self.state_file, old)
+            os.replace(tmp, self.state_file)
+            if old.exists():
+                shutil.rmtree(old)
+
+    def _load_sharded(self) -> dict:
+        """Load this rank's shards of training_state.dcp/ into the model, EMA and optimisers; returns the rest."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        shards = self._sharded_state()
+        dcp.load(shards, checkpoint_id=self.state_file)
+        set_model_state_dict(self.stage.model, shards["model"])
+        set_optimizer_state_dict(self.stage.model, self.optimizers, shards["optimizers"])
+        if self.ema is not None:
+            set_model_state_dict(self.ema, shards["ema"])
+        return torch.load(self.state_file / TRAINER_STATE, map_location="cpu", weights_only=False)
 
     def resume(self) -> int:
         """Load the training state if there is one; returns the step to start from."""
         if not self.state_file.exists():
             return 0
-        state = torch.load(self.state_file, map_location="cpu", weights_only=False)
-        mods = state["modules"]
-        for k, m in self.trained.items():
-            m.load_state_dict(mods[f"trained.{k}"])
-        for k, m in self.aux.items():
-            m.load_state_dict(mods[f"aux.{k}"])
-        if self.ema is not None:
-            self.ema.load_state_dict(mods["ema"])
-        for opt, sd in zip(self.optimizers, state["optimizers"]):
-            opt.load_state_dict(sd)
+        if self.fsdp:
+            state = self._load_sharded()
+        else:
+            state = torch.load(self.state_file, map_location="cpu", weights_only=False)
+            mods = state["modules"]
+            for k, m in self.trained.items():
+                m.load_state_dict(mods[f"trained.{k}"])
+            for k, m in self.aux.items():
+                m.load_state_dict(mods[f"aux.{k}"])
+            if self.ema is not None:
+                self.ema.load_state_dict(mods["ema"])
+            for opt, sd in zip(self.optimizers, state["optimizers"]):
+                opt.load_state_dict(sd)
         for opt, sched, sd in zip(self.optimizers, self.schedulers, state["schedulers"]):
             sched.load_state_dict(sd)
             for g, base in zip(opt.param_groups, sched.base_lrs):  # the schedule of *this* run (steps may have grown)
@@ -434,12 +585,21 @@ class Trainer:
         for e, b in zip(self.ema.buffers(), self.stage.model.buffers()):
             e.copy_(b)
 
+    def _grad_sync(self, sync: bool):
+        """Gradients are averaged over ranks on the last micro-batch of a step only (DDP's no_sync before it; FSDP
+        keeps the unsharded gradients until then)."""
+        if self.fsdp:
+            self.stage.model.set_requires_gradient_sync(sync)
+        if sync or self.world == 1 or self.fsdp:
+            return contextlib.nullcontext()
+        return self.loss_module.no_sync()
+
     def fit(self) -> Path:
         o, stage = self.o, self.stage
         seed_everything(o.seed + self.rank)  # every rank draws its own noise; DDP broadcast rank 0's weights
         step = self.resume()
         sampler = ResumableBatches(len(stage.train_set), o.batch_size, o.seed, start_step=step, rank=self.rank,
-                                   world=self.world)
+                                   world=self.world, accum=o.accum_steps)
         loader = torch.utils.data.DataLoader(stage.train_set, batch_sampler=sampler, num_workers=o.num_workers,
                                              collate_fn=stage.collate_fn, pin_memory=self.device.type == "cuda",
                                              # its own generator: making the iterator never draws from the global RNG
@@ -452,16 +612,23 @@ class Trainer:
                    dynamic_ncols=True)
         last = self.out / "checkpoints" / "last"
         while step < o.steps:
-            batch = to_device(next(batches), self.device)
-            with autocast:
-                losses = self.loss_module(batch)
-            bad = [k for k, v in losses.items() if not torch.isfinite(v).all()]
-            if bad:
-                self._fail(f"the loss ({', '.join(bad)})", step)
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
+            losses = {}  # means over the micro-batches of this step
+            for micro in range(o.accum_steps):
+                batch = to_device(next(batches), self.device)
+                with self._grad_sync(micro == o.accum_steps - 1):
+                    with autocast:
+                        micro_losses = self.loss_module(batch)
+                    bad = [k for k, v in micro_losses.items() if not torch.isfinite(v).all()]
+                    if bad:
+                        self._fail(f"the loss ({', '.join(bad)})", step)
+                    (micro_losses["loss"] / o.accum_steps).backward()
+                for k, v in micro_losses.items():
+                    losses[k] = losses.get(k, 0.0) + v.detach() / o.accum_steps
             gnorm = torch.nn.utils.clip_grad_norm_(self._params(), o.grad_clip)
+            if self.fsdp:
+                gnorm = gnorm.full_tensor()  # the norm over all shards, the same on every rank
             if not torch.isfinite(gnorm):
                 self._fail("the gradient norm", step)
             for opt, sched in zip(self.optimizers, self.schedulers):
@@ -483,19 +650,20 @@ class Trainer:
                 for k, v in scalars.items():
                     self.tb.add_scalar(k, v, step)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
-            if self.main and (step % o.image_every == 0 or step == o.steps):
+            # (not under FSDP: a stage's images may run its sharded model, which rank 0 cannot do alone)
+            if self.main and not self.fsdp and (step % o.image_every == 0 or step == o.steps):
                 for tag, img in stage.images(batch).items():
                     self.tb.add_image(tag, img, step, dataformats="HWC")
             if step % o.save_every == 0 or step == o.steps:
+                model = self._saved_model()
                 if self.main:  # validation on rank 0 (the others wait in save's gather)
-                    model = self.ema if self.ema is not None else stage.model
                     model.eval()
                     with torch.no_grad(), autocast:
                         for k, v in stage.validate(model).items():
                             self.tb.add_scalar(f"val/{k}", v, step)
                     for m in self.trained.values():
                         m.train()
-                last = self.save(step)
+                last = self.save(step, model)
         bar.close()
         if self._tb is not None:
             self._tb.close()

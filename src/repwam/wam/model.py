@@ -168,7 +168,7 @@ class WAMConfig:
     time_freq_dim: int = 256  # sinusoidal features of the flow time fed to the time MLPs
     max_latent_frames: int = 16  # longest clip / history accepted when attn_window is None
     attn_window: int | None = None  # attend to keys less than this many latent frames back
-    grad_checkpoint: bool = False
+    grad_checkpoint: bool = False  # the model's initial `grad_checkpoint` (activation checkpointing of the blocks)
     last_frame_cond: bool = False  # noisy video tokens also embed the last clean frame before their chunk
     video_target: str = "velocity"  # "velocity" | "residual": x̂ = last clean frame + head (needs last_frame_cond)
     # training objective
@@ -703,6 +703,9 @@ class WorldActionModel(Pretrained, nn.Module):
         self.null_text = nn.Parameter(torch.zeros(cfg.width))
         self.io = nn.ModuleDict({s.name: StreamIO(cfg, s) for s in cfg.active_streams})
         self.blocks = nn.ModuleList([MoTBlock(cfg) for _ in range(cfg.depth)])
+        # recompute each block's activations in backward instead of keeping them (training only); a setting of how
+        # to train, not of the model: the trainer sets it (optim.activation_checkpointing) without touching cfg
+        self.grad_checkpoint = cfg.grad_checkpoint
         self.new_parameters: list[str] = []  # set by from_pretrained(..., allow_new_streams=True)
         self.initialize_weights()
 
@@ -948,7 +951,7 @@ class WorldActionModel(Pretrained, nn.Module):
             text_i = text.emb if text_kv is None else text_kv[i]
             past_i = None if past is None else past.kv[i]
             kv_only = not heads and i == len(self.blocks) - 1
-            if self.cfg.grad_checkpoint and self.training and torch.is_grad_enabled():
+            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, kv = checkpoint(blk, x, mod, ctx, text_i, past_i, kv_only, use_reentrant=False)
             else:
                 x, kv = blk(x, mod, ctx, text_i, past_i, kv_only)

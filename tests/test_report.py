@@ -29,8 +29,14 @@ def test_report_embeds_everything_and_shows_the_numbers(tmp_path):
     (run / "run.json").write_text(json.dumps({"command": "train wam", "optim": {"seed": 0}}))
     (tmp_path / "eval_tokenizer").mkdir()
     (tmp_path / "eval_tokenizer" / "table.md").write_text("| tokenizer | PSNR |\n|---|---|\n| tok_default | 22.20 |\n")
+    from PIL import Image
 
-    page = write_report(tmp_path, title="t", timings={"train-wam_repwam_s0": 120.0}).read_text()
+    Image.new("RGB", (2176, 384)).save(tmp_path / "eval_tokenizer" / "recon_tok_default.png")  # a wide strip
+
+    page = write_report(tmp_path, title="t", timings={"train-wam_repwam_s0": 120.0, "eval": 60.0},
+                        wall_seconds=150.0).read_text()
+    assert "3.0 min" in page and "2.5 min" in page, "the sum of the jobs and the run's wall time"
+    assert 'style="max-width:none"' in page, "the reconstruction strip keeps its pixel size (scrolls sideways)"
     assert "0.800" in page and "0.650" in page, "both policies' mean success"
     assert "22.20" in page and "train-wam_repwam_s0" in page and "seed&quot;: 0" in page
     srcs = re.findall(r'src="([^"]+)"', page)

@@ -344,7 +344,7 @@ def demo_cmd(ctx: typer.Context):
         shutil.rmtree(a.out)
     pipeline = demo(a.out, a.cfg)
     pipeline.run()
-    report = write_report(a.out, title="repwam demo", timings=pipeline.timings())
+    report = write_report(a.out, title="repwam demo", timings=pipeline.timings(), wall_seconds=pipeline.wall_seconds())
     typer.echo(f"report: {report}")
 
 

@@ -20,9 +20,14 @@ import numpy as np
 MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
 
-def _embed(path: Path, width: int | None = None) -> str:
+def _embed(path: Path, width: int | None = None, native: bool = False) -> str:
+    """An embedded image or video; `native` keeps an image at its own pixel size, in a box that scrolls sideways
+    (a wide strip of 64 x 64 frames stays readable)."""
     data = base64.b64encode(path.read_bytes()).decode()
     mime = MIME[path.suffix.lower()]
+    if native:
+        return (f'<div style="overflow-x:auto"><img style="max-width:none" alt="{html.escape(path.name)}" '
+                f'src="data:{mime};base64,{data}"></div>')
     style = f' style="max-width:{width}px"' if width else ""
     if mime.startswith("video"):
         return f'<video controls loop muted{style} src="data:{mime};base64,{data}"></video>'
@@ -59,7 +64,10 @@ def training_curves(runs_dir: Path, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(tags), figsize=(2.6 * len(tags), 2.3), squeeze=False)
         for ax, tag in zip(axes[0], tags):
             ev = ea.Scalars(tag)
-            ax.plot([e.step for e in ev], [e.value for e in ev], color="C1" if tag.startswith("val") else "C0")
+            if tag in ("train/video", "train/action"):  # 0 is logged when that stream was dropped for the batch
+                ev = [e for e in ev if e.value != 0] or ev
+            val = tag.startswith("val")  # a few points (one per save): markers, so a single one shows
+            ax.plot([e.step for e in ev], [e.value for e in ev], "o-" if val else "-", ms=3, color="C1" if val else "C0")
             ax.set_title(tag, fontsize=8)
             ax.tick_params(labelsize=7)
         fig.suptitle(run.name, fontsize=9)
@@ -99,8 +107,10 @@ def success_bars(results: dict[str, dict], path: Path) -> Path:
     return path
 
 
-def write_report(run_dir: str | Path, *, title: str = "repwam run", timings: dict | None = None) -> Path:
-    """Build `<run_dir>/report.html` from what the run directory holds; returns its path."""
+def write_report(run_dir: str | Path, *, title: str = "repwam run", timings: dict | None = None,
+                 wall_seconds: float | None = None) -> Path:
+    """Build `<run_dir>/report.html` from what the run directory holds; returns its path. timings: seconds per
+    job; wall_seconds: the whole run's wall time (jobs run side by side, so less than their sum)."""
     run_dir = Path(run_dir)
     assets = run_dir / "report_assets"
     assets.mkdir(parents=True, exist_ok=True)
@@ -109,8 +119,10 @@ def write_report(run_dir: str | Path, *, title: str = "repwam run", timings: dic
     if timings:
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v / 60:.1f} min</td></tr>" for k, v in timings.items())
         total = sum(timings.values()) / 60
+        wall = (f"<tr><td><b>wall time of the run</b> (jobs side by side)</td><td><b>{wall_seconds / 60:.1f} min"
+                f"</b></td></tr>") if wall_seconds else ""
         parts.append(f"<h2>What ran</h2><table><tr><th>job</th><th>wall time</th></tr>{rows}"
-                     f"<tr><td><b>sum of jobs</b></td><td><b>{total:.1f} min</b></td></tr></table>")
+                     f"<tr><td>sum of jobs</td><td>{total:.1f} min</td></tr>{wall}</table>")
 
     evals = {p.parent.name: json.loads(p.read_text()) for p in sorted((run_dir / "eval").glob("*/results.json"))}
     if evals:
@@ -133,7 +145,11 @@ def write_report(run_dir: str | Path, *, title: str = "repwam run", timings: dic
     if (tok / "table.md").exists():
         parts.append("<h2>Visual tokenizer</h2>" + "".join(_md_table(t) for t in (tok / "table.md").read_text()
                                                           .split("\n\n") if t.strip().startswith("|")))
-        parts += [_embed(p, 700) for p in sorted(tok.glob("*.png"))]
+        parts += [_embed(p, 700) for p in sorted(tok.glob("psnr_by_index*.png"))]
+        recons = sorted(tok.glob("recon_*.png"))
+        if recons:
+            parts.append("<h3>Reconstructions of held-out clips (rows: real, decoded)</h3>")
+            parts += [_embed(p, native=True) for p in recons]
     lat = run_dir / "eval_lat"
     if (lat / "table.md").exists():
         parts.append("<h2>Latent actions</h2>" + _md_table((lat / "table.md").read_text()))
@@ -142,7 +158,7 @@ def write_report(run_dir: str | Path, *, title: str = "repwam run", timings: dic
     if (wam / "table.md").exists():
         text = (wam / "table.md").read_text()
         parts.append("<h2>Imagined futures (top: real, bottom: imagined)</h2>" + _md_table(text))
-        parts += [f"<figure>{_embed(g, 260)}</figure>" for g in sorted(wam.glob("imagined_*.gif"))[:4]]
+        parts += [f"<figure>{_embed(g, 420)}</figure>" for g in sorted(wam.glob("imagined_*.gif"))[:4]]
 
     runs = run_dir / "runs"
     if runs.is_dir():

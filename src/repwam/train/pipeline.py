@@ -169,6 +169,11 @@ class Pipeline:
             job.done.write_text(json.dumps({"seconds": time.time() - t0}))
         return time.time() - t0
 
+    def wall_seconds(self) -> float:
+        """Wall time of every sitting of `run` so far (`<out>/wall.json`)."""
+        f = self.out / "wall.json"
+        return json.loads(f.read_text())["seconds"] if f.exists() else 0.0
+
     def timings(self) -> dict[str, float]:
         """Wall seconds of every job run so far, across sittings (`<out>/timings.json`)."""
         f = self.out / "timings.json"
@@ -183,6 +188,7 @@ class Pipeline:
     def run(self, progress: bool = True) -> dict[str, float]:
         """Run every job whose proof is missing, `cfg.jobs` at a time in dependency order; returns seconds per job
         run now. The first failure stops new jobs (running ones finish) and is raised."""
+        t0 = time.time()
         todo = {n: j for n, j in self.jobs.items() if not j.done.exists()}
         finished = {n for n, j in self.jobs.items() if j.done.exists()}
         times: dict[str, float] = {}
@@ -210,6 +216,9 @@ class Pipeline:
                     except RepwamError as e:
                         error = error or e
         bar.close()
+        if times:  # this sitting ran something: its wall time counts
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "wall.json").write_text(json.dumps({"seconds": round(self.wall_seconds() + time.time() - t0, 1)}))
         if error is not None:
             raise error
         return times

@@ -1,0 +1,66 @@
+"""The job graph behind `repwam demo` and `repwam ablate`: dependency order, finished jobs skipped, a failure stops
+new jobs and is raised, timings and the run's wall time kept across sittings; and the rows' job graphs."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from repwam.errors import RepwamError
+from repwam.train.pipeline import DEMO, Pipeline, PipelineConfig, ablation, demo
+
+
+def fake_pipeline(tmp_path, fail: set[str] = frozenset()):
+    p = Pipeline(tmp_path / "run", PipelineConfig(jobs=2))
+    for name, needs in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])):
+        p.add(name, ["noop"], p.out / f"{name}.done", needs)
+    order, lock = [], threading.Lock()
+
+    def run(job):
+        with lock:
+            order.append(job.name)
+        if job.name in fail:
+            raise RepwamError(f"job {job.name} failed")
+        job.done.parent.mkdir(parents=True, exist_ok=True)
+        job.done.write_text("ok")
+        return 1.0
+
+    p._run = run
+    return p, order
+
+
+def test_jobs_run_after_what_they_need_and_finished_ones_are_skipped(tmp_path):
+    p, order = fake_pipeline(tmp_path)
+    assert set(p.run(progress=False)) == {"a", "b", "c", "d"}
+    assert order[0] == "a" and order[-1] == "d" and set(order[1:3]) == {"b", "c"}
+    assert p.timings() == {n: 1.0 for n in "abcd"} and (p.out / "wall.json").exists()
+    (p.out / "d.done").unlink()  # a second sitting runs only what is missing; the wall time adds up
+    first_wall = p.wall_seconds()
+    p2, order2 = fake_pipeline(tmp_path)
+    p2.run(progress=False)
+    assert order2 == ["d"] and p2.wall_seconds() >= first_wall
+
+
+def test_a_failure_stops_what_depends_on_it_and_is_raised(tmp_path):
+    p, order = fake_pipeline(tmp_path, fail={"b"})
+    with pytest.raises(RepwamError, match="job b failed"):
+        p.run(progress=False)
+    assert "d" not in order and (p.out / "a.done").exists()
+
+
+def test_rows_build_the_documented_job_graphs(tmp_path):
+    cfg = PipelineConfig(tasks="reach-v3", eval_workers=2)
+    p = ablation(tmp_path, cfg, ["repwam", "recon", "joint", "no_ell", "plain"], [0, 1])
+    jobs = p.jobs
+    assert jobs["train-wam_repwam_s1"].needs == ["train-wampre_repwam_s1"]
+    assert jobs["train-wampre_repwam_s0"].needs == ["train-lat_default"] == jobs["train-wampre_no_ell_s0"].needs
+    assert "--no-use-latent-actions" in jobs["train-wam_no_ell_s0"].args
+    assert jobs["train-lat_none"].needs == ["train-tok_none"] and "train-wampre_joint_s0" not in jobs
+    assert jobs["train-plain_plain_s0"].needs == ["data"]
+    ev = jobs["eval-wam_repwam_s0"].args
+    assert ev[ev.index("--workers") + 1] == "2" and ev[ev.index("--seed") + 1] == "0"
+    with pytest.raises(RepwamError, match="unknown ablation rows"):
+        ablation(tmp_path, cfg, ["nope"], [0])
+    d = demo(tmp_path / "demo", DEMO)
+    assert {"eval-wam_repwam_s0", "eval-plain_plain_s0", "eval-tokenizer", "eval-lat", "eval-wam"} <= set(d.jobs)

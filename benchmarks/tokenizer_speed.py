@@ -1,7 +1,13 @@
 """Tokenizer training-step speed on this machine: fp32 vs bf16 autocast, 1 vs 2 threads, perceptual term on/off,
 clip length. Random frames (speed does not depend on content). Prints a table and saves JSON.
 
-    python benchmarks/tokenizer_speed.py [--preset tiny] [--batch 16] [--steps 6]
+Each row also gives samples/s and the model FLOPs the step achieved, counted as nanoGPT's `estimate_mfu` does:
+6 N FLOPs per token (encoder and decoder each see every token of the clip: L per latent frame) plus
+12 · (2 · depth) · width · (keys per query) per token for attention, keys limited by the attention window; the
+perceptual network's FLOPs are not counted. With `--peak-tflops` (a device's bf16 dense peak) the bf16 rows also
+give MFU.
+
+    python benchmarks/tokenizer_speed.py [--preset tiny] [--batch 16] [--steps 6] [--peak-tflops P]
 """
 
 from __future__ import annotations
@@ -42,11 +48,25 @@ def step_time(preset: str, batch: int, num_frames: int, bf16: bool, perceptual: 
     return sorted(times)[len(times) // 2]
 
 
+def model_flops_per_clip(preset: str, num_frames: int) -> float:
+    """Model FLOPs of one training step's forward + backward on one clip (see the module docstring)."""
+    cfg = TokenizerConfig.preset(preset)
+    with torch.device("meta"):
+        model = RepViTok(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    h, w = model.latent_grid
+    frames = model.num_latent_frames(num_frames)
+    tokens = frames * h * w
+    keys = min(frames, cfg.attn_window or frames) * h * w
+    return tokens * (6 * n_params + 12 * 2 * cfg.depth * cfg.width * keys)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the device, for MFU")
     ap.add_argument("--out", default="benchmarks/results/tokenizer_speed.json")
     args = ap.parse_args()
     rows = []
@@ -55,7 +75,11 @@ def main():
     for T, bf16, perc, threads in grid:
         sec = step_time(args.preset, args.batch, T, bf16, perc, threads, args.steps)
         row = {"preset": args.preset, "batch": args.batch, "num_frames": T, "bf16": bf16, "perceptual": perc > 0,
-               "threads": threads, "s_per_step": round(sec, 3), "frames_per_s": round(args.batch * T / sec, 1)}
+               "threads": threads, "s_per_step": round(sec, 3), "frames_per_s": round(args.batch * T / sec, 1),
+               "samples_per_s": round(args.batch / sec, 2)}
+        tflops = args.batch * model_flops_per_clip(args.preset, T) / sec / 1e12
+        row["achieved_tflops"] = round(tflops, 4)
+        row["mfu"] = round(tflops / args.peak_tflops, 4) if args.peak_tflops and bf16 else None
         rows.append(row)
         print(json.dumps(row), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -1025,8 +1025,9 @@ class WorldActionModel(Pretrained, nn.Module):
         out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchor=anchor)
         result = {VIDEO: None}
         if not drop_video:
-            head = out[VIDEO][:, n_clean * P :]
-            v = self.video_velocity(head, self.patchify(noisy_z), alpha_z.repeat_interleave(P, 1), anchor)
+            noisy_tokens = slice(n_clean * P, None)  # the noisy video tokens follow the clean ones
+            v = self.video_velocity(out[VIDEO][:, noisy_tokens], feats[VIDEO][:, noisy_tokens],
+                                    alpha[VIDEO][:, noisy_tokens], anchor)
             result[VIDEO] = self.unpatchify(v)
         if c.has(ACTION):
             result[ACTION] = None if drop_ell else out[ACTION][:, n_clean - 1 :]
@@ -1268,13 +1269,11 @@ class WorldActionModel(Pretrained, nn.Module):
             n = video_steps or c.video_steps
             for i in range(n):
                 alpha = {VIDEO: i / n, ACTION: 0.0, ROBOT: 0.0}
-                a = x[VIDEO].new_full(x[VIDEO].shape[:2], i / n, dtype=torch.float32)
-                v = self.video_velocity(self._velocity(cache, x, alpha, meta, (VIDEO,), anchor)[VIDEO], x[VIDEO], a,
-                                        anchor)
-                if cache.uncond is not None:
-                    v_u = self.video_velocity(self._velocity(cache.uncond, x, alpha, meta, (VIDEO,), anchor)[VIDEO],
-                                              x[VIDEO], a, anchor)
-                    v = v_u + cache.cfg_scale * (v - v_u)
+                h = self._velocity(cache, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
+                if cache.uncond is not None:  # guidance on the head's output: video_velocity is affine in it
+                    h_u = self._velocity(cache.uncond, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
+                    h = h_u + cache.cfg_scale * (h - h_u)
+                v = self.video_velocity(h, x[VIDEO], x[VIDEO].new_full(x[VIDEO].shape[:2], i / n), anchor)
                 x[VIDEO] = x[VIDEO] + v / n
         if acts:
             n = action_steps or c.action_steps

@@ -252,6 +252,62 @@ def test_padded_frames_are_not_attended(robot):
     assert torch.isfinite(loss["loss"])
 
 
+
+def flex_unavailable(device) -> str | None:
+    """Why flex attention cannot run its forward on this device, or None."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    try:
+        q = torch.randn(1, 1, 4, 8, device=device)
+        flex_attention(q, q, q, block_mask=create_block_mask(lambda b, h, i, j: i >= j, None, None, 4, 4,
+                                                             device=device))
+    except Exception as e:  # noqa: BLE001 - the reason is the skip message
+        return f"flex_attention forward fails on {device}: {type(e).__name__}: {e}"
+    return None
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("robot", [False, True], ids=["video+ell", "video+ell+robot+state"])
+def test_flex_attention_matches_sdpa(robot):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if (why := flex_unavailable(device)) is not None:
+        pytest.skip(why)
+    sdpa = scrambled(attn_window=3, **(ROBOT if robot else {})).to(device)
+    flex = WorldActionModel(replace(sdpa.cfg, attn_backend="flex")).to(device).eval()
+    flex.load_state_dict(sdpa.state_dict())
+    assert flex.use_flex(device) and not sdpa.use_flex(device)
+    old = {key: v for key, v in flex.cfg.to_dict().items() if key != "attn_backend"}  # a config.json before the field
+    assert WAMConfig.from_dict(old).attn_backend == "sdpa"
+    B, T, k = 2, 7, 2
+    to = lambda d: {key: v.to(device) if torch.is_tensor(v) else v for key, v in d.items()}  # noqa: E731
+    batch, noisy = to(clip(B, T, robot=robot)), to(noisy_inputs(B, T, robot=robot))
+    valid = torch.ones(B, T, dtype=torch.bool, device=device)
+    valid[0, 5:] = False  # padding, and 7 frames: longer than the window of 3
+    with torch.no_grad():
+        for drop in ({}, {"drop_video": True}):
+            ref, out = (tf(m, batch, noisy, k, valid=valid, **drop) for m in (sdpa, flex))
+            for key, v in ref.items():
+                if v is not None:
+                    assert torch.allclose(out[key], v, atol=1e-4), (drop, key)
+
+        g = torch.Generator().manual_seed(3)
+        noise = [to({"z": torch.randn(B, k, L, DV, generator=g), "ell": torch.randn(B, k, A, generator=g),
+                     "robot": torch.randn(B, k, PER, AR, generator=g)}) for _ in range(3)]
+        modes = [{}, {"actions_only": True}, {"robot_only": True} if robot else {}]
+        caches = [m.new_cache(batch["text"], batch["text_mask"], cfg_scale=2.0) for m in (sdpa, flex)]
+        for m, cache in zip((sdpa, flex), caches):  # a history of 1 + 2 + 2 frames: keys = cache + new tokens
+            m.append(cache, batch["z"][:, :1], state=batch["state"][:, :1] if robot else None)
+            for i in (1, 3):
+                m.append(cache, batch["z"][:, i : i + k], ell=batch["ell"][:, i - 1 : i - 1 + k],
+                         robot=batch["action"][:, i - 1 : i - 1 + k] if robot else None,
+                         state=batch["state"][:, i : i + k] if robot else None)
+        for nz, mode in zip(noise, modes):
+            ref, out = (m.sample_chunk(cache, k, noise=nz, video_steps=2, action_steps=2, **mode)
+                        for m, cache in zip((sdpa, flex), caches))
+            for key, v in ref.items():
+                if v is not None:
+                    assert torch.allclose(out[key], v, atol=1e-4), (mode, key)
+
+
 # ---- KV-cache sampling ----
 
 

@@ -45,9 +45,11 @@ one pass with both copies of every chunk:
 `wam_attention_mask` builds this from per-token (chunk id, clean/noisy, latent frame); streams are
 kept as separate tensors and concatenated only inside attention, so the order inside the sequence
 is [video, ℓ, robot, state tokens] and the mask, not the order, carries the structure. Keys of padded
-frames are masked out (a padded token still sees itself, so no row is empty). Attention is SDPA with
-a boolean mask: flex attention has no backward on the CPU (torch 2.13); `allowed` is written so it
-can serve as a flex `mask_mod` body where a GPU makes block sparsity pay.
+frames are masked out (a padded token still sees itself, so no row is empty). `attn_backend` picks how
+self-attention runs: "sdpa" (SDPA with the dense boolean mask; training on the CPU, where flex attention
+has no backward in torch 2.13), "flex" (flex attention with a BlockMask whose mask_mod, `layout_mask_mod`,
+applies `allowed` to the per-token layouts, so blocks no query may see are skipped; compiled on CUDA,
+eager and forward-only on the CPU) or "auto" (flex on CUDA, SDPA elsewhere). Both compute the same function.
 
 Gated access to the robot stream. Video and ℓ queries attend to video and ℓ keys in one softmax and
 to robot and state keys in a second one, added through a per-block, per-head gate (zero-initialised):
@@ -108,6 +110,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 from torch.utils.checkpoint import checkpoint
 
 from repwam.checkpoint import Pretrained
@@ -120,6 +123,7 @@ STREAMS = (VIDEO, ACTION, ROBOT)
 TOKEN_GROUPS = (*STREAMS, STATE)
 TIME_SCALE = 1000.0  # alpha in [0, 1] is embedded as a DiT-style timestep alpha * 1000
 ALPHA_SAMPLERS = ("uniform", "logit_normal")
+ATTN_BACKENDS = ("sdpa", "flex", "auto")  # "auto": flex attention on CUDA, SDPA elsewhere
 VIDEO_TARGETS = ("velocity", "residual")
 RESIDUAL_MIN_GAP = 0.05  # residual target: 1 - alpha is clamped here when x̂ becomes a velocity (as JiT)
 
@@ -171,6 +175,7 @@ class WAMConfig:
     grad_checkpoint: bool = False  # the model's initial `grad_checkpoint` (activation checkpointing of the blocks)
     last_frame_cond: bool = False  # noisy video tokens also embed the last clean frame before their chunk
     video_target: str = "velocity"  # "velocity" | "residual": x̂ = last clean frame + head (needs last_frame_cond)
+    attn_backend: str = "sdpa"  # self-attention: "sdpa" (dense bool mask) | "flex" (BlockMask) | "auto" (flex on CUDA)
     # training objective
     chunk_sizes: tuple[int, ...] = (1, 2, 3, 4)  # k drawn uniformly per batch
     alpha_sampler: str = "uniform"  # "uniform" (paper) | "logit_normal"
@@ -230,6 +235,8 @@ class WAMConfig:
         if self.video_target == "residual" and not self.last_frame_cond:
             raise RepwamError("video_target='residual' predicts a residual over the last clean frame: it needs "
                               "last_frame_cond=True")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise RepwamError(f"attn_backend must be one of {ATTN_BACKENDS}, got {self.attn_backend!r}")
         if self.alpha_sampler not in ALPHA_SAMPLERS:
             raise RepwamError(f"alpha_sampler must be one of {ALPHA_SAMPLERS}, got {self.alpha_sampler!r}")
         if not self.chunk_sizes or min(self.chunk_sizes) < 1:
@@ -399,6 +406,77 @@ def frame_chunks(num_frames: int, chunk_size: int, device=None) -> torch.Tensor:
     return torch.where(f == 0, 0, (f - 1) // chunk_size + 1)
 
 
+def layout_mask_mod(q: TokenMeta, k: TokenMeta, window: int | None = None, valid_k=None, n_c: int = 0, q0: int = 0,
+                    keys=None, drop_keys=None, open_rows=None):
+    """The flex-attention mask_mod (b, h, q_idx, kv_idx) -> bool of `wam_attention_mask` and the padding rule.
+
+    q, k: layouts of the queries and of every key ([cached history, queries]). valid_k (B, N_k) bool: keys of
+    padded frames are closed, except a query's own key (n_c + its index). Sub-problems of the gated attention:
+    q_idx counts from query q0; kv_idx indexes `keys` (N_e,) when given; drop_keys (N_k,) closes keys;
+    open_rows (B, N_q) or (N_q,) opens a whole row.
+    """
+    def mod(b, h, q_idx, kv_idx):
+        qi = q_idx + q0
+        ki = kv_idx if keys is None else keys[kv_idx]
+        ok = allowed(q.chunk[qi], q.noisy[qi], q.frame[qi], k.chunk[ki], k.noisy[ki], k.frame[ki], window)
+        if valid_k is not None:
+            ok = (ok & valid_k[b, ki]) | (ki == qi + n_c)
+        if drop_keys is not None:
+            ok = ok & ~drop_keys[ki]
+        if open_rows is not None:
+            ok = ok | (open_rows[b, qi] if open_rows.ndim == 2 else open_rows[qi])
+        return ok
+    return mod
+
+
+def dense_mask(mod, batch: int, n_q: int, n_k: int, device) -> torch.Tensor:
+    """A mask_mod evaluated on every (batch, query, key): (batch, N_q, N_k) bool."""
+    b, i, j = (torch.arange(n, device=device) for n in (batch, n_q, n_k))
+    return mod(b[:, None, None], 0, i[None, :, None], j[None, None, :])
+
+
+def flex_masks(q: TokenMeta, k: TokenMeta, window: int | None, valid_k=None) -> tuple:
+    """BlockMasks of the WAM's self-attention: (full mask, GatedMasks of BlockMasks | None), as the dense path.
+
+    valid_k (B, N_k) bool or None. The block sparsity comes from the layout rule, so fully closed blocks
+    (later chunks, keys out of the window) are skipped. The gated masks' `has` is dense but small
+    (video/ℓ queries x robot-stream keys).
+    """
+    dev, n_q, n_k = q.chunk.device, len(q), len(k)
+    B = None if valid_k is None else valid_k.shape[0]
+    common = dict(window=window, valid_k=valid_k, n_c=n_k - n_q)
+    block = lambda mod, lq, lk: create_block_mask(mod, B, None, lq, lk, device=dev)  # noqa: E731
+    n_world = int((~q.expert).sum())
+    if n_world == 0 or not bool(k.expert.any()):
+        return block(layout_mask_mod(q, k, **common), n_q, n_k), None
+    if bool(q.expert[:n_world].any()):
+        raise RepwamError("internal: video and ℓ queries must come before the robot-stream queries")
+    idx = k.expert.nonzero().squeeze(1)
+    expert_mod = layout_mask_mod(q, k, keys=idx, **common)
+    has = dense_mask(expert_mod, B or 1, n_world, len(idx), dev).any(-1)  # (B or 1, n_world)
+    has = has if B else has[0]
+    gated = GatedMasks(
+        n_world, block(layout_mask_mod(q, k, drop_keys=k.expert, **common), n_world, n_k), idx,
+        block(layout_mask_mod(q, k, keys=idx, open_rows=~has, **common), n_world, len(idx)),
+        has[:, None, :, None] if B else has[:, None],
+        block(layout_mask_mod(q, k, q0=n_world, **common), n_q - n_world, n_k) if n_world < n_q else None)
+    return None, gated
+
+
+_compiled_flex = None
+
+
+def flex_attend(q, k, v, block_mask: BlockMask):
+    """flex_attention, compiled on CUDA (the fused kernel that skips closed blocks); eager elsewhere, where it
+    materialises the scores (torch 2.13 on the CPU: forward only, no backward)."""
+    global _compiled_flex
+    if q.device.type != "cuda":
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
+
+
 def clip_layout(cfg: WAMConfig, num_frames: int, chunk_size: int, drop_video: bool = False, device=None,
                 drop_ell: bool = False):
     """Teacher-forcing layout of a clip: ({group: (clean TokenMeta, noisy TokenMeta | None)}, n_clean).
@@ -443,16 +521,20 @@ class SelfAttention(nn.Module):
 
     def project(self, x):
         # x (B, N, D) -> q, k, v each (B, heads, N, head_dim)
-        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         return self.q_norm(q), self.k_norm(k), v
 
     def attend(self, q, k, v, mask):
-        # q (B, h, N_q, d), k, v (B, h, N_k, d), mask (N_q, N_k) or (B, 1, N_q, N_k) bool -> (B, h, N_q, d)
+        # q (B, h, N_q, d), k, v (B, h, N_k, d), mask (N_q, N_k) or (B, 1, N_q, N_k) bool or a flex BlockMask
+        # -> (B, h, N_q, d)
+        if isinstance(mask, BlockMask):
+            return flex_attend(q, k, v, mask)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def out(self, y):
         # (B, h, N, d) -> (B, N, D)
-        return self.proj(rearrange(y, "b h n d -> b n (h d)"))
+        return self.proj(y.transpose(1, 2).flatten(2))
 
 
 class CrossAttention(nn.Module):
@@ -466,14 +548,16 @@ class CrossAttention(nn.Module):
 
     def text_kv(self, text):
         # text (B, N_text, D) -> k, v each (B, heads, N_text, head_dim)
-        k, v = rearrange(self.kv(text), "b n (two h d) -> two b h n d", two=2, h=self.heads)
+        B, N, _ = text.shape
+        k, v = self.kv(text).view(B, N, 2, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         return self.k_norm(k), v
 
     def forward(self, x, kv, text_mask):
         # x (B, N, D); kv from text_kv; text_mask (B, N_text) bool -> (B, N, D)
-        q = self.q_norm(rearrange(self.q(x), "b n (h d) -> b h n d", h=self.heads))
+        B, N, _ = x.shape
+        q = self.q_norm(self.q(x).view(B, N, self.heads, -1).transpose(1, 2))
         y = F.scaled_dot_product_attention(q, *kv, attn_mask=text_mask[:, None, None, :])
-        return self.proj(rearrange(y, "b h n d -> b n (h d)"))
+        return self.proj(y.transpose(1, 2).flatten(2))
 
 
 class StreamLayer(nn.Module):
@@ -523,10 +607,19 @@ class GatedMasks:
 class AttnContext:
     """What every block needs besides the tokens: mask, RoPE of the queries, the text."""
 
-    mask: torch.Tensor  # (N_q, N_k) or (B, 1, N_q, N_k) bool, keys = [cached history, queries]
+    mask: "torch.Tensor | BlockMask | None"  # (N_q, N_k) or (B, 1, N_q, N_k) bool, keys = [cached history, queries]
+    # (or a flex BlockMask; None with flex when `gated` serves every query)
     rope: tuple[torch.Tensor, torch.Tensor]  # cos, sin each (N_q, head_dim/2)
     text_mask: torch.Tensor  # (B, N_text) bool
     gated: GatedMasks | None = None  # set when video/ℓ queries meet robot-stream keys
+
+
+@dataclass
+class ChunkPlan:
+    """What every Euler step of a sampled chunk shares, for one cache: built once per chunk."""
+
+    ctx: AttnContext  # masks and RoPE of the chunk's tokens after the cached history
+    kv: list  # per block (k, v) (B, h, N_c + N_q, d): the cached history, then slots the steps overwrite
 
 
 class MoTBlock(nn.Module):
@@ -554,15 +647,18 @@ class MoTBlock(nn.Module):
             y = torch.cat([y, self.attn.attend(q[:, :, g.n_world :], k, v, g.rest)], 2)
         return y
 
-    def forward(self, x: dict, mod: dict, ctx: AttnContext, text, past_kv=None, kv_only: bool = False):
+    def forward(self, x: dict, mod: dict, ctx: AttnContext, text, past_kv=None, kv_only: bool = False,
+                kv_slots: bool = False):
         """x {stream: (B, N_s, W_s)}, mod {stream: (B, N_s, 6, W_s)}; text (B, N_text, D) or its (k, v).
 
-        past_kv: (k, v) of the cached history (B, h, N_c, d) or None. Returns (x, (k, v) of x's
-        tokens); with kv_only the block stops after computing them (the last block of an append).
+        past_kv: (k, v) of the cached history (B, h, N_c, d) or None; with kv_slots, buffers
+        (B, h, N_c + N, d) whose last N slots are overwritten with x's keys and values (no concatenation:
+        the sampler reuses them every Euler step). Returns (x, (k, v) of x's tokens); with kv_only the
+        block stops after computing them (the last block of an append).
         """
         names, sizes = list(x), [t.shape[1] for t in x.values()]
         lay = {s: self.streams[s] for s in names}
-        m = {s: (mod[s] + lay[s].modulation).unbind(2) for s in names}  # 6 x (B, N_s, W_s)
+        m = {s: (mod[s] + lay[s].modulation).unbind(-2) for s in names}  # 6 x (B, N_s, W_s)
 
         h = torch.cat([lay[s].attn_in(modulate(lay[s].norm1(x[s]), m[s][0], m[s][1])) for s in names], 1)
         q, k, v = self.attn.project(h)  # (B, h, N, d)
@@ -570,7 +666,12 @@ class MoTBlock(nn.Module):
         new_kv = (k, v)
         if kv_only:
             return x, new_kv
-        if past_kv is not None:
+        if kv_slots:
+            n = k.shape[2]
+            past_kv[0][:, :, -n:].copy_(k)
+            past_kv[1][:, :, -n:].copy_(v)
+            k, v = past_kv
+        elif past_kv is not None:
             k, v = torch.cat([past_kv[0], k], 2), torch.cat([past_kv[1], v], 2)
         y = self.attn.out(self.self_attention(q, k, v, ctx)).split(sizes, 1)
         x = {s: x[s] + m[s][2] * lay[s].attn_out(y[i]) for i, s in enumerate(names)}
@@ -597,7 +698,7 @@ class TimeEmbed(nn.Module):
         # alpha (B, N) in [0, 1], 1 = clean
         f = sincos_1d(alpha.flatten() * TIME_SCALE, self.freq_dim).view(*alpha.shape, -1)
         e = self.mlp(f.to(self.mlp[0].weight.dtype))
-        return e, rearrange(self.proj(e), "b n (six w) -> b n six w", six=6)
+        return e, self.proj(e).unflatten(-1, (6, -1))
 
 
 class Head(nn.Module):
@@ -904,8 +1005,32 @@ class WorldActionModel(Pretrained, nn.Module):
             mask = torch.where(drop[:, None], null_mask, mask)
         return TextContext(emb, mask)
 
+    def use_flex(self, device) -> bool:
+        """Whether self-attention runs as flex attention with a BlockMask (cfg.attn_backend) on this device."""
+        return self.cfg.attn_backend == "flex" or (self.cfg.attn_backend == "auto" and device.type == "cuda")
+
+    def attn_context(self, q_meta: TokenMeta, k_meta: TokenMeta, text_mask, valid_k=None) -> AttnContext:
+        """Masks and RoPE of a pass: queries q_meta, keys k_meta = [cached history, queries]; valid_k (B, N_k)
+        bool closes the keys of padded frames (each query still sees itself)."""
+        dev = q_meta.frame.device
+        rope = rope_cos_sin(q_meta.frame, self.cfg.width // self.cfg.heads)
+        if self.use_flex(dev):
+            if dev.type == "cpu" and torch.is_grad_enabled() and self.training:
+                raise RepwamError("flex attention has no backward on the CPU (torch 2.13): train on the CPU with "
+                                  "attn_backend='sdpa' or 'auto'")
+            mask, gated = flex_masks(q_meta, k_meta, self.cfg.attn_window, valid_k)
+            return AttnContext(mask, rope, text_mask, gated)
+        mask = wam_attention_mask(q_meta, k_meta, self.cfg.attn_window)  # (N_q, N_k)
+        if valid_k is not None:
+            n_q, n_c = len(q_meta), len(k_meta) - len(q_meta)
+            mask = mask[None] & valid_k[:, None, :]
+            diag = torch.arange(n_q, device=mask.device)
+            mask[:, diag, n_c + diag] = True  # a padded query still sees itself
+            mask = mask[:, None]  # (B, 1, N_q, N_k)
+        return AttnContext(mask, rope, text_mask, GatedMasks.build(mask, q_meta, k_meta))
+
     def _run(self, feats: dict, alpha: dict, meta: dict, text: TextContext, *, text_kv=None, valid=None,
-             past: WAMCache | None = None, heads=None, anchor=None):
+             past: WAMCache | None = None, heads=None, anchor=None, plan: "ChunkPlan | None" = None, time=None):
         """The transformer on a set of new tokens, optionally after a cached clean history.
 
         feats {group: (B, N_g, token_dim)} over the token groups (video, action, robot, state);
@@ -913,7 +1038,10 @@ class WorldActionModel(Pretrained, nn.Module):
         valid {group: (B, N_g) bool} masks padded keys (each token still sees itself). heads: the
         streams whose outputs to compute (None: all present; () = only the K/V, the last block stops
         early). anchor (B, N_a, token_dim) [last_frame_cond]: the last clean frame's patches of the
-        last N_a video tokens (the noisy ones). Returns ({stream: (B, N_s, token_dim)}, [(k, v) of the new tokens per block]).
+        last N_a video tokens (the noisy ones). plan: the attention context and K/V slots of `past`
+        shared by every Euler step of a chunk (then meta, valid and past are not read). time {group:
+        (e, mod)}: time embeddings already computed (broadcastable to (B, N_g, ...)), in place of alpha.
+        Returns ({stream: (B, N_s, token_dim)}, [(k, v) of the new tokens per block]).
         """
         groups = [g for g in self.cfg.token_groups if g in feats and feats[g].shape[1] > 0]
         parts: dict[str, list] = {}  # stream -> [(x, e, mod)] of its token groups (robot: actions, then states)
@@ -923,38 +1051,42 @@ class WorldActionModel(Pretrained, nn.Module):
             if g == STATE:
                 x, a = io.state_embed(feats[g]), feats[g].new_ones(feats[g].shape[:2], dtype=torch.float32)
             else:
-                x, a = io(feats[g]), alpha[g]
+                x, a = io(feats[g]), alpha.get(g)
                 if g == VIDEO and anchor is not None and anchor.shape[1] > 0:
                     n_a = anchor.shape[1]
                     x = torch.cat([x[:, : x.shape[1] - n_a], x[:, x.shape[1] - n_a :] + io.anchor(anchor)], 1)
-            parts.setdefault(s, []).append((x, *io.time(a)))
-        x = {s: torch.cat([p[0] for p in ps], 1) for s, ps in parts.items()}
-        mod = {s: torch.cat([p[2] for p in ps], 1) for s, ps in parts.items()}
+            e, m = time[g] if time is not None and g in time else io.time(a)
+            parts.setdefault(s, []).append((x, e, m))
+        if all(len(ps) == 1 for ps in parts.values()):
+            x = {s: ps[0][0] for s, ps in parts.items()}
+            mod = {s: ps[0][2] for s, ps in parts.items()}
+        else:
+            x = {s: torch.cat([p[0] for p in ps], 1) for s, ps in parts.items()}
+            mod = {s: torch.cat([p[2].expand(*p[0].shape[:2], *p[2].shape[2:]) for p in ps], 1)
+                   for s, ps in parts.items()}
         heads = [s for s in (self.stream_names if heads is None else heads) if s in groups]
 
-        q_meta = TokenMeta.cat([meta[g] for g in groups])
-        k_meta = q_meta if past is None or past.meta is None else TokenMeta.cat([past.meta, q_meta])
-        mask = wam_attention_mask(q_meta, k_meta, self.cfg.attn_window)  # (N_q, N_k)
-        if valid is not None:
-            n_q, n_c = len(q_meta), len(k_meta) - len(q_meta)
-            valid_k = torch.cat([valid[g] for g in groups], 1).bool()  # (B, N_q)
-            valid_k = F.pad(valid_k, (n_c, 0), value=True)  # the cache holds no padding
-            mask = mask[None] & valid_k[:, None, :]
-            diag = torch.arange(n_q, device=mask.device)
-            mask[:, diag, n_c + diag] = True  # a padded query still sees itself
-            mask = mask[:, None]  # (B, 1, N_q, N_k)
-        rope = rope_cos_sin(q_meta.frame, self.cfg.width // self.cfg.heads)
-        ctx = AttnContext(mask, rope, text.mask, GatedMasks.build(mask, q_meta, k_meta))
+        if plan is not None:
+            ctx, past_kv = plan.ctx, plan.kv
+        else:
+            q_meta = TokenMeta.cat([meta[g] for g in groups])
+            k_meta = q_meta if past is None or past.meta is None else TokenMeta.cat([past.meta, q_meta])
+            valid_k = None
+            if valid is not None:
+                valid_k = torch.cat([valid[g] for g in groups], 1).bool()  # (B, N_q)
+                valid_k = F.pad(valid_k, (len(k_meta) - len(q_meta), 0), value=True)  # the cache holds no padding
+            ctx = self.attn_context(q_meta, k_meta, text.mask, valid_k)
+            past_kv = None if past is None else past.kv
 
         new_kv = []
         for i, blk in enumerate(self.blocks):
             text_i = text.emb if text_kv is None else text_kv[i]
-            past_i = None if past is None else past.kv[i]
+            past_i = None if past_kv is None else past_kv[i]
             kv_only = not heads and i == len(self.blocks) - 1
             if self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, kv = checkpoint(blk, x, mod, ctx, text_i, past_i, kv_only, use_reentrant=False)
             else:
-                x, kv = blk(x, mod, ctx, text_i, past_i, kv_only)
+                x, kv = blk(x, mod, ctx, text_i, past_i, kv_only, plan is not None)
             new_kv.append(kv)
         # a stream's own tokens come first in x and in parts: the head reads those (never the states)
         return {s: self.io[s].head(x[s][:, : feats[s].shape[1]], parts[s][0][1]) for s in heads}, new_kv
@@ -1212,11 +1344,23 @@ class WorldActionModel(Pretrained, nn.Module):
                 cache.kv = [(k.index_select(2, idx), v.index_select(2, idx)) for k, v in cache.kv]
                 cache.meta = cache.meta.select(idx)
 
-    def _velocity(self, cache: WAMCache, feats: dict, alpha: dict, meta: dict, heads, anchor=None) -> dict:
-        a = {g: f.new_full(f.shape[:2], alpha[g], dtype=torch.float32) for g, f in feats.items()}
-        out, _ = self._run(feats, a, meta, cache.text, text_kv=cache.text_kv, past=cache, heads=heads,
-                           anchor=anchor)
-        return out
+    def _plan(self, cache: WAMCache, meta: dict) -> ChunkPlan:
+        """The attention context and K/V slots of a chunk with layout meta {group: TokenMeta} after `cache`."""
+        q_meta = TokenMeta.cat([meta[g] for g in self.cfg.token_groups if g in meta])
+        ctx = self.attn_context(q_meta, TokenMeta.cat([cache.meta, q_meta]), cache.text.mask)
+        n = len(q_meta)
+        slots = lambda t: torch.cat([t, t.new_empty(*t.shape[:2], n, t.shape[3])], 2)  # noqa: E731
+        return ChunkPlan(ctx, [(slots(k), slots(v)) for k, v in cache.kv])
+
+    def _step_times(self, alphas: list[dict]) -> list[dict]:
+        """Time embeddings of the Euler steps of a chunk, every step's in one pass per group: alphas, one
+        {group: alpha} per step -> one {group: (e (1, 1, W), mod (1, 1, 6, W))} per step."""
+        dev = self.null_text.device
+        per_group = {}
+        for g in alphas[0]:
+            e, m = self.io[g].time(torch.tensor([[a[g] for a in alphas]], device=dev))  # (1, n, W), (1, n, 6, W)
+            per_group[g] = (e.unbind(1), m.unbind(1))
+        return [{g: (e[i][:, None], m[i][:, None]) for g, (e, m) in per_group.items()} for i in range(len(alphas))]
 
     @torch.no_grad()
     def sample_chunk(self, cache: WAMCache, k: int | None = None, *, noise: dict | None = None,
@@ -1265,20 +1409,26 @@ class WorldActionModel(Pretrained, nn.Module):
         if VIDEO in groups and c.last_frame_cond:  # every frame of the chunk: the last frame of the history
             anchor = self.patchify(cache.last_z[:, None].expand(-1, k, -1, -1))
 
+        # the same for every Euler step: masks, RoPE, the cached K/V with slots for this chunk, time embeddings
+        plan = self._plan(cache, meta)
+        velocity = lambda cache_, plan_, time, heads: self._run(  # noqa: E731
+            x, {}, meta, cache_.text, text_kv=cache_.text_kv, heads=heads, anchor=anchor, plan=plan_, time=time)[0]
         if VIDEO in groups:
             n = video_steps or c.video_steps
+            plan_u = None if cache.uncond is None else self._plan(cache.uncond, meta)
+            times = self._step_times([{g: i / n if g == VIDEO else 0.0 for g in groups} for i in range(n)])
             for i in range(n):
-                alpha = {VIDEO: i / n, ACTION: 0.0, ROBOT: 0.0}
-                h = self._velocity(cache, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
+                h = velocity(cache, plan, times[i], (VIDEO,))[VIDEO]
                 if cache.uncond is not None:  # guidance on the head's output: video_velocity is affine in it
-                    h_u = self._velocity(cache.uncond, x, alpha, meta, (VIDEO,), anchor)[VIDEO]
+                    h_u = velocity(cache.uncond, plan_u, times[i], (VIDEO,))[VIDEO]
                     h = h_u + cache.cfg_scale * (h - h_u)
                 v = self.video_velocity(h, x[VIDEO], x[VIDEO].new_full(x[VIDEO].shape[:2], i / n), anchor)
                 x[VIDEO] = x[VIDEO] + v / n
         if acts:
             n = action_steps or c.action_steps
+            times = self._step_times([{g: 1.0 if g == VIDEO else i / n for g in groups} for i in range(n)])
             for i in range(n):
-                v = self._velocity(cache, x, {VIDEO: 1.0, ACTION: i / n, ROBOT: i / n}, meta, acts, anchor)
+                v = velocity(cache, plan, times[i], acts)
                 x.update({g: x[g] + v[g] / n for g in acts})
         out = {"z": self.unpatchify(x[VIDEO]) if VIDEO in x else None, "ell": x.get(ACTION),
                "robot": self.unflatten_robot(x[ROBOT]) if ROBOT in x else None}

@@ -11,15 +11,17 @@ from repwam.errors import RepwamError
 from repwam.train.pipeline import DEMO, Pipeline, PipelineConfig, ablation, demo
 
 
-def fake_pipeline(tmp_path, fail: set[str] = frozenset()):
+def fake_pipeline(tmp_path, fail: set[str] = frozenset(), graph=None, cores: dict | None = None):
     p = Pipeline(tmp_path / "run", PipelineConfig(jobs=2))
-    for name, needs in (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])):
-        p.add(name, ["noop"], p.out / f"{name}.done", needs)
+    for name, needs, *max_cores in graph or (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b", "c"])):
+        p.add(name, ["noop"], p.out / f"{name}.done", needs, *max_cores)
     order, lock = [], threading.Lock()
 
-    def run(job):
+    def run(job, n_cores=1):
         with lock:
             order.append(job.name)
+            if cores is not None:
+                cores[job.name] = n_cores
         if job.name in fail:
             raise RepwamError(f"job {job.name} failed")
         job.done.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +49,42 @@ def test_a_failure_stops_what_depends_on_it_and_is_raised(tmp_path):
     with pytest.raises(RepwamError, match="job b failed"):
         p.run(progress=False)
     assert "d" not in order and (p.out / "a.done").exists()
+
+
+def test_a_multi_core_job_takes_the_free_cores(tmp_path):
+    """An evaluation (max_cores 2) started when both cores are free gets both, and the next job waits for it; started
+    beside a running job it gets the one core left. The count reaches the command's --workers."""
+    cores = {}
+    p, order = fake_pipeline(tmp_path / "x", graph=(("a", []), ("b", ["a"], 2), ("c", ["a"])), cores=cores)
+    p.run(progress=False)
+    assert order == ["a", "b", "c"] and cores == {"a": 1, "b": 2, "c": 1}
+    cores = {}
+    p, order = fake_pipeline(tmp_path / "y", graph=(("a", []), ("c", ["a"]), ("b", ["a"], 2)), cores=cores)
+    p.run(progress=False)
+    assert cores["b"] == 1 and set(order[1:]) == {"b", "c"}
+    ev = demo(tmp_path / "demo", DEMO).jobs["eval-wam_repwam_s0"]
+    cmd = Pipeline(tmp_path / "demo", DEMO)._command(ev, 2)
+    assert ev.max_cores == DEMO.eval_workers and cmd[cmd.index("--workers") + 1] == "2"
+
+
+def test_budget_minutes_shares_the_time_between_the_stages(tmp_path):
+    """With budget_minutes every training job gets optim.minutes (its share of the budget after the fixed costs) and
+    a raised step cap; the baseline gets the WAM's pretraining + adaptation time; too small a budget is refused."""
+    from repwam.train.pipeline import BUDGET_SHARES, FIXED_MINUTES, STEPS_CAP_FACTOR
+
+    cfg = PipelineConfig(tasks="reach-v3", budget_minutes=26.0)
+    jobs = demo(tmp_path / "b", cfg).jobs
+    minutes = {n: float(j.args[j.args.index("--optim.minutes") + 1]) for n, j in jobs.items() if n.startswith("train")}
+    left = 26.0 - FIXED_MINUTES
+    assert minutes["train-tok_default"] == pytest.approx(left * BUDGET_SHARES["tokenizer"], abs=0.01)
+    assert minutes["train-plain_plain_s0"] == pytest.approx(minutes["train-wampre_repwam_s0"]
+                                                            + minutes["train-wam_repwam_s0"], abs=0.02)
+    assert sum(minutes.values()) - minutes["train-plain_plain_s0"] == pytest.approx(left, abs=0.05)
+    tok = jobs["train-tok_default"].args
+    assert int(tok[tok.index("--optim.steps") + 1]) == cfg.tok_steps * STEPS_CAP_FACTOR
+    assert "--optim.minutes" not in demo(tmp_path / "nob", DEMO).jobs["train-tok_default"].args
+    with pytest.raises(RepwamError, match="give at least"):
+        demo(tmp_path / "small", PipelineConfig(budget_minutes=FIXED_MINUTES + 1))
 
 
 def test_rows_build_the_documented_job_graphs(tmp_path):

@@ -194,3 +194,31 @@ def test_wam_activation_checkpointing_same_step_config_untouched(tiny_tokenizer,
     with pytest.raises(RepwamError, match="LatentActionTokenizer has no activation checkpointing"):
         train_lat(lat_config(tiny_tokenizer, activation_checkpointing=True), [tiny_dataset], tmp_path / "lat",
                   progress=False)
+
+
+def test_time_budget_cuts_steps_keeps_the_schedule_and_resumes(tiny_tokenizer, tiny_dataset, tmp_path, monkeypatch):
+    """optim.minutes: the seconds per step measured over the calibration steps fix how many steps fit the budget;
+    the cosine ends at the new last step, and a resumed run keeps that length (it does not calibrate again)."""
+    import repwam.train.trainer as trainer
+
+    clock = {"t": 0.0}
+    real = LATStage.loss
+
+    def slow_loss(self, batch):  # every step "takes" one second of the fake clock
+        clock["t"] += 1.0
+        return real(self, batch)
+
+    monkeypatch.setattr(LATStage, "loss", slow_loss)
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: clock["t"])
+    cfg = lat_config(tiny_tokenizer, steps=100, minutes=0.5, save_every=50)  # 30 s at 1 s/step: 30 steps
+    ckpt = train_lat(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=False)
+    assert (state["step"], state["steps"]) == (30, 30)
+    assert LatentActionTokenizer.read_checkpoint_config(ckpt)["step"] == 30
+    sched = state["schedulers"][0]
+    assert sched["_last_lr"][0] == pytest.approx(sched["base_lrs"][0] * cfg.optim.min_lr_ratio)
+    calls = clock["t"]
+    train_lat(cfg, [tiny_dataset], tmp_path / "run", resume=True, progress=False)
+    assert clock["t"] == calls, "the resumed run trained past the length its budget fixed"
+    with pytest.raises(RepwamError, match="optim.minutes must be > 0"):
+        OptimConfig(minutes=0)

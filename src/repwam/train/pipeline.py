@@ -3,9 +3,10 @@
 
 A job is one `repwam ...` command with the jobs it needs and the file that proves it finished. The scheduler runs
 up to `jobs` of them at once (one single-thread process per core is fastest on a small CPU), each in its own
-process with `OMP_NUM_THREADS=1`, its output in `<out>/logs/<job>.log`. A job whose proof exists is skipped; a
-training job whose run directory holds a training state is resumed, so a pipeline interrupted at any point picks
-up where it stopped when run again, across sittings.
+process with `OMP_NUM_THREADS=1`, its output in `<out>/logs/<job>.log`. `jobs` is the number of cores: a closed-loop
+evaluation takes up to `eval_workers` of them (one environment process each), as many as are free when it starts.
+A job whose proof exists is skipped; a training job whose run directory holds a training state is resumed, so a
+pipeline interrupted at any point picks up where it stopped when run again, across sittings.
 
 Rows (the paper's ablations, in one harness, on the same demonstrations and evaluation layouts):
     repwam       RepViTok aligned to the frozen teacher -> LAT -> WAM pretrain (z + ℓ) -> adapt to robot actions
@@ -52,8 +53,20 @@ class PipelineConfig:
     eval_seed: int = 0
     max_steps: int | None = None  # per closed-loop episode (None: Meta-World's 500)
     videos_per_task: int = 1
-    jobs: int = 2  # processes at once
-    eval_workers: int = 1  # environment processes per closed-loop evaluation
+    jobs: int = 2  # cores: processes at once
+    eval_workers: int = 2  # at most this many environment processes per closed-loop evaluation (the free cores)
+    # wall-time target (minutes) for one row's chain data -> ... -> evaluation: every training stage gets a share of
+    # it (BUDGET_SHARES, after FIXED_MINUTES for the rest) as optim.minutes, its steps raised to STEPS_CAP_FACTOR x
+    # the settings above as the cap, so the stages train for as long as the budget allows (None: the step counts)
+    budget_minutes: float | None = None
+
+
+# budget_minutes: what the chain spends outside training loops (data, teacher features, process start-ups,
+# tokenizing, the closed-loop evaluation), measured on the demo (5 tasks x 15 demonstrations, 2 cores, 64x64), and
+# how the rest is shared between the training stages of the chain (about their shares of the default demo's time)
+FIXED_MINUTES = 6.0
+BUDGET_SHARES = {"tokenizer": 0.40, "lat": 0.08, "wam": 0.26, "adapt": 0.26}  # plain: wam + adapt (same wall time)
+STEPS_CAP_FACTOR = 10
 
 
 @dataclass
@@ -62,6 +75,7 @@ class Job:
     args: list[str]  # `repwam` arguments
     done: Path  # exists when the job has finished
     needs: list[str] = field(default_factory=list)
+    max_cores: int = 1  # > 1: the job's `--workers` value is set to the cores free when it starts
 
 
 class Pipeline:
@@ -71,9 +85,9 @@ class Pipeline:
         self.data = self.out / "data" / cfg.tasks.replace(",", "+")
 
     # ------------------------------------------------------------------ building blocks
-    def add(self, name: str, args: list[str], done: Path, needs: list[str] = ()) -> str:
+    def add(self, name: str, args: list[str], done: Path, needs: list[str] = (), max_cores: int = 1) -> str:
         if name not in self.jobs:
-            self.jobs[name] = Job(name, [str(a) for a in args], done, list(needs))
+            self.jobs[name] = Job(name, [str(a) for a in args], done, list(needs), max_cores)
         return name
 
     def run_dir(self, name: str) -> Path:
@@ -82,9 +96,25 @@ class Pipeline:
     def ckpt(self, name: str) -> Path:
         return self.run_dir(name) / "checkpoints" / "last"
 
-    def train(self, stage: str, name: str, steps: int, extra: list, needs: list[str], seed: int = 0) -> str:
+    def budget(self, share: str) -> list:
+        """`--optim.minutes` of a training stage under budget_minutes (nothing without one)."""
+        c = self.cfg
+        if c.budget_minutes is None:
+            return []
+        left = c.budget_minutes - FIXED_MINUTES
+        if left < 2:
+            raise RepwamError(f"budget_minutes={c.budget_minutes:g} leaves {left:g} min for training after the "
+                              f"~{FIXED_MINUTES:g} min the rest of the chain takes; give at least {FIXED_MINUTES + 2:g}")
+        minutes = left * (BUDGET_SHARES["wam"] + BUDGET_SHARES["adapt"] if share == "plain" else BUDGET_SHARES[share])
+        return ["--optim.minutes", round(minutes, 2)]
+
+    def train(self, stage: str, name: str, steps: int, extra: list, needs: list[str], seed: int = 0,
+              share: str | None = None) -> str:
+        budget = self.budget(share or stage)
+        if budget:
+            steps *= STEPS_CAP_FACTOR
         args = ["train", stage, "--data", self.data, "--out", self.run_dir(name), "--optim.steps", steps,
-                "--optim.seed", seed, "--optim.device", self.cfg.device, *extra]
+                "--optim.seed", seed, "--optim.device", self.cfg.device, *budget, *extra]
         # the proof is the final step's checkpoint, not just `last` (which exists from the first save on)
         return self.add(f"train-{name}", args, self.run_dir(name) / "finished", needs)
 
@@ -109,7 +139,7 @@ class Pipeline:
                 "--seed", c.eval_seed, "--workers", c.eval_workers, "--out", out, "--videos", c.videos_per_task]
         if c.max_steps:
             args += ["--max-steps", c.max_steps]
-        return self.add(f"eval-{run}", args, out / "results.json", needs)
+        return self.add(f"eval-{run}", args, out / "results.json", needs, max_cores=c.eval_workers)
 
     def row(self, row: str, seed: int) -> str:
         """The jobs of one (row, seed); returns the evaluation job."""
@@ -122,12 +152,14 @@ class Pipeline:
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
         if row == "joint":
-            run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps, ["--recipe", "joint", *models], [lat], seed)
+            run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps, ["--recipe", "joint", *models], [lat], seed,
+                             share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []
         pre = self.train("wam", f"wampre_{tag}", c.wam_steps, [*models, *no_ell], [lat], seed)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
-                           ["--recipe", "adapt", "--init", self.ckpt(f"wampre_{tag}"), *models, *no_ell], [pre], seed)
+                           ["--recipe", "adapt", "--init", self.ckpt(f"wampre_{tag}"), *models, *no_ell], [pre], seed,
+                           share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 
     def inspect(self, tok_recipe: str, wam_run: str) -> list[str]:
@@ -146,13 +178,15 @@ class Pipeline:
         return jobs
 
     # ------------------------------------------------------------------ running
-    def _command(self, job: Job) -> list[str]:
+    def _command(self, job: Job, cores: int = 1) -> list[str]:
         args = list(job.args)
+        if job.max_cores > 1 and "--workers" in args:
+            args[args.index("--workers") + 1] = str(cores)
         if args[0] == "train" and (Path(args[args.index("--out") + 1]) / "training_state.pt").exists():
             args.append("--resume")
         return [sys.executable, "-m", "repwam.cli", *args]
 
-    def _run(self, job: Job) -> float:
+    def _run(self, job: Job, cores: int = 1) -> float:
         log = self.out / "logs" / f"{job.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -160,7 +194,7 @@ class Pipeline:
         with open(log, "a") as fh:
             fh.write(f"\n$ repwam {' '.join(job.args)}\n")
             fh.flush()
-            proc = subprocess.run(self._command(job), stdout=fh, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.run(self._command(job, cores), stdout=fh, stderr=subprocess.STDOUT, env=env)
         if proc.returncode != 0:
             tail = log.read_text()[-1500:]
             raise RepwamError(f"job {job.name} failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -194,12 +228,17 @@ class Pipeline:
         times: dict[str, float] = {}
         bar = tqdm(total=len(self.jobs), initial=len(finished), desc="pipeline", unit="job", disable=not progress)
         running: dict[Future, str] = {}
+        cores: dict[str, int] = {}  # of the running jobs
         error = None
         with ThreadPoolExecutor(max_workers=self.cfg.jobs) as pool:
             while todo or running:
                 ready = [n for n, j in todo.items() if all(d in finished for d in j.needs)] if error is None else []
-                for n in ready[: self.cfg.jobs - len(running)]:
-                    running[pool.submit(self._run, todo.pop(n))] = n
+                for n in ready:
+                    free = self.cfg.jobs - sum(cores.values())
+                    if free < 1:
+                        break
+                    cores[n] = min(todo[n].max_cores, free)
+                    running[pool.submit(self._run, todo.pop(n), cores[n])] = n
                     bar.set_postfix_str(", ".join(running.values()))
                 if not running:
                     if todo and error is None:
@@ -208,6 +247,7 @@ class Pipeline:
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for f in done:
                     name = running.pop(f)
+                    cores.pop(name)
                     try:
                         times[name] = f.result()
                         finished.add(name)

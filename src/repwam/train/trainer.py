@@ -61,6 +61,7 @@ import math
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,7 +76,9 @@ PARALLEL = ("ddp", "fsdp")
 STATE_FILE, SHARDED_STATE_DIR = "training_state.pt", "training_state.dcp"
 TRAINER_STATE = "trainer.pt"  # in SHARDED_STATE_DIR: step, schedule and RNG states (what is not sharded)
 # optim settings a resumed run may change: how long, and how the same steps are computed
-RESUME_MAY_CHANGE = ("steps", "num_workers", "device", "compile", "activation_checkpointing")
+RESUME_MAY_CHANGE = ("steps", "num_workers", "device", "compile", "activation_checkpointing", "minutes")
+BUDGET_CALIBRATION = (3, 15)  # optim.minutes: seconds per step are measured over these steps of the run (after warm-up
+# effects of the first ones), then the step count is fixed
 
 
 @dataclass
@@ -106,6 +109,7 @@ class OptimConfig:
     compile: bool = False  # torch.compile the model's repeated blocks (see compile_blocks)
     activation_checkpointing: bool = False  # recompute block activations in backward (models with grad_checkpoint)
     parallel: str = "ddp"  # under torchrun: "ddp" (a replica per rank) | "fsdp" (FSDP2: weights, grads, moments split)
+    minutes: float | None = None  # wall-time budget of the training loop: steps are cut to fit (see Trainer.fit)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
@@ -117,6 +121,8 @@ class OptimConfig:
             raise RepwamError(f"optim.ema must be in [0, 1), got {self.ema}")
         if self.parallel not in PARALLEL:
             raise RepwamError(f"optim.parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise RepwamError(f"optim.minutes must be > 0 (or None: no time budget), got {self.minutes}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -376,8 +382,10 @@ class Trainer:
             self.loss_module = DDP(self.loss_module, find_unused_parameters=True,
                                    device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizers = self._build_optimizers()
+        self.steps = optim.steps  # the run's length: optim.steps, or fewer once a time budget has fixed it
+        self.steps_fixed = optim.minutes is None  # (a resumed run reads it from the training state)
         self.schedulers = [torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, optim.warmup, optim.steps, optim.min_lr_ratio)) for opt in self.optimizers]
+            opt, lambda s: lr_factor(s, optim.warmup, self.steps, optim.min_lr_ratio)) for opt in self.optimizers]
         self.aux_optimizers = {k: torch.optim.AdamW(m.parameters(), lr=optim.lr, betas=(0.5, 0.9))
                                for k, m in self.aux.items()}
         self._tb = None
@@ -490,6 +498,7 @@ class Trainer:
                 shutil.rmtree(old)
         state = {
             "step": step,
+            "steps": self.steps if self.steps_fixed else None,
             "schedulers": [s.state_dict() for s in self.schedulers],
             "aux_optimizers": {k: opt.state_dict() for k, opt in self.aux_optimizers.items()},
             "rng": rngs[0],
@@ -553,10 +562,12 @@ class Trainer:
                 self.ema.load_state_dict(mods["ema"])
             for opt, sd in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(sd)
+        if self.o.minutes is not None and state.get("steps") is not None:  # the budget fixed the length already
+            self.steps, self.steps_fixed = min(int(state["steps"]), self.o.steps), True
         for opt, sched, sd in zip(self.optimizers, self.schedulers, state["schedulers"]):
             sched.load_state_dict(sd)
             for g, base in zip(opt.param_groups, sched.base_lrs):  # the schedule of *this* run (steps may have grown)
-                g["lr"] = base * lr_factor(sched.last_epoch, self.o.warmup, self.o.steps, self.o.min_lr_ratio)
+                g["lr"] = base * lr_factor(sched.last_epoch, self.o.warmup, self.steps, self.o.min_lr_ratio)
         for k, opt in self.aux_optimizers.items():
             opt.load_state_dict(state["aux_optimizers"][k])
         rngs = state.get("rank_rngs") or [state["rng"]]
@@ -594,6 +605,24 @@ class Trainer:
             return contextlib.nullcontext()
         return self.loss_module.no_sync()
 
+    def _fix_steps(self, step: int, sec_per_step: float, elapsed: float) -> None:
+        """optim.minutes: the run ends when its budget is spent. With `sec_per_step` measured, the step count becomes
+        what fits in the time left (never more than optim.steps, never fewer than done), agreed by every rank; the
+        cosine schedule then decays to the new end (the cut is made within the warm-up, before any decay), and the
+        count is kept in the training state so a resumed run keeps the same schedule. Validation and saving are
+        not in the estimate: budget them in save_every."""
+        left = self.o.minutes * 60 - elapsed
+        steps = torch.tensor(float(min(self.o.steps, max(step, step + int(left / max(sec_per_step, 1e-9))))))
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.broadcast(steps, src=0)
+        self.steps, self.steps_fixed = int(steps), True
+        if self.main:
+            print(f"[{self.stage.name}] time budget {self.o.minutes:g} min: {sec_per_step:.3f} s/step, training for "
+                  f"{self.steps} steps (of at most {self.o.steps})", flush=True)
+            self.tb.add_scalar("train/budget_steps", self.steps, step)
+
     def fit(self) -> Path:
         o, stage = self.o, self.stage
         seed_everything(o.seed + self.rank)  # every rank draws its own noise; DDP broadcast rank 0's weights
@@ -608,10 +637,21 @@ class Trainer:
         for m in self.trained.values():
             m.train()
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=o.bf16)
-        bar = tqdm(total=o.steps, initial=step, desc=f"train {stage.name}", disable=not self.progress,
+        bar = tqdm(total=self.steps, initial=step, desc=f"train {stage.name}", disable=not self.progress,
                    dynamic_ncols=True)
         last = self.out / "checkpoints" / "last"
-        while step < o.steps:
+        t_start, start_step, t_calib = time.perf_counter(), step, None
+        while step < self.steps:
+            if not self.steps_fixed:  # optim.minutes: time steps [a, b) of this sitting, then fix the run's length
+                a, b = BUDGET_CALIBRATION
+                if step - start_step == a:
+                    t_calib = time.perf_counter()
+                elif step - start_step == b:
+                    self._fix_steps(step, (time.perf_counter() - t_calib) / (b - a), time.perf_counter() - t_start)
+                    bar.total = self.steps
+                    bar.refresh()
+                    if step >= self.steps:
+                        break
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             losses = {}  # means over the micro-batches of this step
@@ -644,17 +684,17 @@ class Trainer:
                 self._update_ema(step)
             step += 1
             bar.update(1)
-            if self.main and (step % o.log_every == 0 or step == o.steps):
+            if self.main and (step % o.log_every == 0 or step == self.steps):
                 scalars = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
                 scalars.update({"train/grad_norm": float(gnorm), "train/lr": self.schedulers[0].get_last_lr()[0]})
                 for k, v in scalars.items():
                     self.tb.add_scalar(k, v, step)
                 bar.set_postfix(loss=f"{scalars['train/loss']:.4f}")
             # (not under FSDP: a stage's images may run its sharded model, which rank 0 cannot do alone)
-            if self.main and not self.fsdp and (step % o.image_every == 0 or step == o.steps):
+            if self.main and not self.fsdp and (step % o.image_every == 0 or step == self.steps):
                 for tag, img in stage.images(batch).items():
                     self.tb.add_image(tag, img, step, dataformats="HWC")
-            if step % o.save_every == 0 or step == o.steps:
+            if step % o.save_every == 0 or step == self.steps:
                 model = self._saved_model()
                 if self.main:  # validation on rank 0 (the others wait in save's gather)
                     model.eval()

@@ -92,7 +92,9 @@ is sampled in two phases of Euler steps on a uniform alpha grid from 0 (noise) t
 Both phases see the states training covers (alphas are drawn independently per stream).
 Actions-only mode skips phase 1 and leaves the chunk's video tokens out of the sequence, so the
 video stream's layers never run for the current chunk; robot-only mode also leaves the chunk's ℓ
-tokens out: only the robot tokens run (the fastest control mode).
+tokens out: only the robot tokens run (the fastest control mode). What every Euler step of a chunk shares is
+built once per chunk (`ChunkPlan`: masks, RoPE, the cached K/V with slots the steps overwrite, the steps'
+time embeddings; streams of one shape, ℓ and robot in actions-only mode, run stacked through batched matmuls).
 
 Closed loop: append the first observation (z, state), then per step `sample_chunk`, execute its
 "robot" actions (de-normalised), and `append(cache, z_observed, state=observed states)`: robot and
@@ -586,11 +588,16 @@ class GatedMasks:
     expert: torch.Tensor  # (…, n_world, N_e): the full mask on them, rows without any opened (see has)
     has: torch.Tensor  # (…, n_world, 1) bool: the row has a robot-stream key (the others add nothing)
     rest: torch.Tensor  # (…, N_q - n_world, N_k): robot-stream queries, one softmax over every key
+    # with merge: the three attentions as one call, queries `rows` (n_world + N_q,) against every key under
+    # `merged` (…, n_world + N_q, N_k) = [world rows, expert rows (closed outside the robot-stream keys), rest rows]
+    rows: torch.Tensor | None = None
+    merged: torch.Tensor | None = None
 
     @staticmethod
-    def build(mask: torch.Tensor, q: TokenMeta, k: TokenMeta) -> "GatedMasks | None":
+    def build(mask: torch.Tensor, q: TokenMeta, k: TokenMeta, merge: bool = False) -> "GatedMasks | None":
         """From the full mask (…, N_q, N_k); None when one softmax serves every query (no world query
-        or no robot-stream key)."""
+        or no robot-stream key). merge: also the one-call form, fewer and larger SDPA calls, for small
+        query sets (a sampled chunk; with many queries the gathered robot-stream keys are cheaper)."""
         n_world = int((~q.expert).sum())
         if n_world == 0 or not bool(k.expert.any()):
             return None
@@ -600,7 +607,11 @@ class GatedMasks:
         head = mask[..., :n_world, :]
         expert = head.index_select(-1, idx)
         has = expert.any(-1, keepdim=True)
-        return GatedMasks(n_world, head & ~k.expert, idx, expert | ~has, has, mask[..., n_world:, :])
+        g = GatedMasks(n_world, head & ~k.expert, idx, expert | ~has, has, mask[..., n_world:, :])
+        if merge:
+            g.rows = torch.cat([torch.arange(n_world), torch.arange(len(q))]).to(mask.device)
+            g.merged = torch.cat([g.world, (head | ~has) & k.expert, g.rest], -2)
+        return g
 
 
 @dataclass
@@ -620,6 +631,7 @@ class ChunkPlan:
 
     ctx: AttnContext  # masks and RoPE of the chunk's tokens after the cached history
     kv: list  # per block (k, v) (B, h, N_c + N_q, d): the cached history, then slots the steps overwrite
+    stacked: list | None = None  # per block StackedStreams, when the chunk's streams share one shape
 
 
 class MoTBlock(nn.Module):
@@ -639,10 +651,16 @@ class MoTBlock(nn.Module):
         g = ctx.gated
         if g is None:
             return self.attn.attend(q, k, v, ctx.mask)
+        gate = self.robot_gate.to(q.dtype)[:, None, None]
+        if g.merged is not None:
+            y_w, y_e, y_r = self.attn.attend(q.index_select(2, g.rows), k, v, g.merged).split(
+                [g.n_world, g.n_world, q.shape[2] - g.n_world], 2)
+            y = y_w + gate * (y_e * g.has)
+            return torch.cat([y, y_r], 2) if y_r.shape[2] else y
         q_w = q[:, :, : g.n_world]
         k_e, v_e = k.index_select(2, g.expert_keys), v.index_select(2, g.expert_keys)
         y_e = self.attn.attend(q_w, k_e, v_e, g.expert) * g.has
-        y = self.attn.attend(q_w, k, v, g.world) + self.robot_gate.to(y_e.dtype)[:, None, None] * y_e
+        y = self.attn.attend(q_w, k, v, g.world) + gate * y_e
         if g.n_world < q.shape[2]:
             y = torch.cat([y, self.attn.attend(q[:, :, g.n_world :], k, v, g.rest)], 2)
         return y
@@ -661,11 +679,47 @@ class MoTBlock(nn.Module):
         m = {s: (mod[s] + lay[s].modulation).unbind(-2) for s in names}  # 6 x (B, N_s, W_s)
 
         h = torch.cat([lay[s].attn_in(modulate(lay[s].norm1(x[s]), m[s][0], m[s][1])) for s in names], 1)
-        q, k, v = self.attn.project(h)  # (B, h, N, d)
-        q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
-        new_kv = (k, v)
+        y, new_kv = self.shared_self_attention(h, ctx, past_kv, kv_only, kv_slots)
         if kv_only:
             return x, new_kv
+        y = y.split(sizes, 1)
+        x = {s: x[s] + m[s][2] * lay[s].attn_out(y[i]) for i, s in enumerate(names)}
+
+        h = torch.cat([lay[s].cross_in(lay[s].norm2(x[s])) for s in names], 1)
+        y = self.shared_cross_attention(h, text, ctx).split(sizes, 1)
+        x = {s: x[s] + lay[s].cross_out(y[i]) for i, s in enumerate(names)}
+
+        x = {s: x[s] + m[s][5] * lay[s].ffn(modulate(lay[s].norm3(x[s]), m[s][3], m[s][4])) for s in names}
+        return x, new_kv
+
+    def forward_stacked(self, x, mod, p: "StackedStreams", ctx: AttnContext, text, past_kv=None,
+                        kv_slots: bool = False):
+        """`forward` for S streams of one shape stacked: x (S, B·N, W), mod (S, 1 or B·N, 6, W), p this block's
+        stacked weights of those streams (in sequence order, N tokens each); one batched matmul per layer
+        instead of one per stream. Returns (x, (k, v))."""
+        S, BN, W = x.shape
+        B = ctx.text_mask.shape[0]
+        lay = self.streams[p.names[0]]  # the parameter-free layers, the same for every stream
+        m = (mod + p.modulation).unbind(-2)  # 6 x (S, 1 or B·N, W)
+        # (S, B·N, D) -> (B, S·N, D), the streams' tokens in sequence order, and back
+        joined = lambda t: t.view(S, B, BN // B, -1).transpose(0, 1).flatten(1, 2)  # noqa: E731
+        split = lambda t: t.view(B, S, BN // B, -1).transpose(0, 1).flatten(1, 2)  # noqa: E731
+
+        h = p.linear(modulate(lay.norm1(x), m[0], m[1]), "attn_in")
+        y, new_kv = self.shared_self_attention(joined(h), ctx, past_kv, False, kv_slots)
+        x = x + m[2] * p.linear(split(y), "attn_out")
+        h = F.layer_norm(x, (W,), eps=lay.norm2.eps) * p.norm2_weight + p.norm2_bias
+        x = x + p.linear(split(self.shared_cross_attention(joined(p.linear(h, "cross_in")), text, ctx)), "cross_out")
+        h = lay.ffn.act(p.linear(modulate(lay.norm3(x), m[3], m[4]), "fc1"))
+        return x + m[5] * p.linear(h, "fc2"), new_kv
+
+    def shared_self_attention(self, h, ctx: AttnContext, past_kv, kv_only: bool, kv_slots: bool):
+        """h (B, N, D) -> (y (B, N, D) or None with kv_only, (k, v) of these tokens); past_kv as in forward."""
+        q, k, v = self.attn.project(h)  # (B, h, N, d)
+        q, k = apply_rope(torch.stack([q, k]), *ctx.rope).unbind(0)  # one call: same positions
+        new_kv = (k, v)
+        if kv_only:
+            return None, new_kv
         if kv_slots:
             n = k.shape[2]
             past_kv[0][:, :, -n:].copy_(k)
@@ -673,16 +727,55 @@ class MoTBlock(nn.Module):
             k, v = past_kv
         elif past_kv is not None:
             k, v = torch.cat([past_kv[0], k], 2), torch.cat([past_kv[1], v], 2)
-        y = self.attn.out(self.self_attention(q, k, v, ctx)).split(sizes, 1)
-        x = {s: x[s] + m[s][2] * lay[s].attn_out(y[i]) for i, s in enumerate(names)}
+        return self.attn.out(self.self_attention(q, k, v, ctx)), new_kv
 
-        text_kv = self.cross.text_kv(text) if torch.is_tensor(text) else text
-        h = torch.cat([lay[s].cross_in(lay[s].norm2(x[s])) for s in names], 1)
-        y = self.cross(h, text_kv, ctx.text_mask).split(sizes, 1)
-        x = {s: x[s] + lay[s].cross_out(y[i]) for i, s in enumerate(names)}
+    def shared_cross_attention(self, h, text, ctx: AttnContext):
+        """h (B, N, D); text (B, N_text, D) or its (k, v) -> (B, N, D)."""
+        return self.cross(h, self.cross.text_kv(text) if torch.is_tensor(text) else text, ctx.text_mask)
 
-        x = {s: x[s] + m[s][5] * lay[s].ffn(modulate(lay[s].norm3(x[s]), m[s][3], m[s][4])) for s in names}
-        return x, new_kv
+
+@dataclass
+class StackedStreams:
+    """One block's weights of streams with the same width, FFN and token count, stacked on a leading dim (S, ...)
+    for `MoTBlock.forward_stacked` (sampling: ℓ and robot tokens of an actions-only chunk). Built from the
+    parameters when a chunk is planned, so it always matches them."""
+
+    names: tuple[str, ...]
+    weights: dict  # layer -> (S, in, out) transposed weight or None (Identity adapter)
+    biases: dict  # layer -> (S, 1, out)
+    norm2_weight: torch.Tensor  # (S, 1, W)
+    norm2_bias: torch.Tensor
+    modulation: torch.Tensor  # (S, 1, 6, W)
+
+    LAYERS = ("attn_in", "attn_out", "cross_in", "cross_out", "fc1", "fc2")
+
+    @staticmethod
+    def build(block: MoTBlock, names) -> "StackedStreams":
+        lays = [block.streams[s] for s in names]
+        get = lambda lay, n: getattr(lay.ffn, n) if n in ("fc1", "fc2") else getattr(lay, n)  # noqa: E731
+        weights, biases = {}, {}
+        for n in StackedStreams.LAYERS:
+            mods = [get(lay, n) for lay in lays]
+            linear = isinstance(mods[0], nn.Linear)
+            weights[n] = torch.stack([m.weight.t() for m in mods]) if linear else None
+            biases[n] = torch.stack([m.bias for m in mods])[:, None] if linear else None
+        stack = lambda f: torch.stack([f(lay) for lay in lays])[:, None]  # noqa: E731
+        return StackedStreams(tuple(names), weights, biases, stack(lambda lay: lay.norm2.weight),
+                              stack(lambda lay: lay.norm2.bias), stack(lambda lay: lay.modulation))
+
+    def linear(self, x, layer: str):
+        # x (S, M, in) -> (S, M, out); Identity when the stream's width is the attention width
+        w = self.weights[layer]
+        return x if w is None else torch.baddbmm(self.biases[layer], x, w)
+
+    @staticmethod
+    def fits(cfg: WAMConfig, meta: dict) -> tuple[str, ...] | None:
+        """The streams of a chunk with layout meta {group: TokenMeta} when they can be stacked, else None."""
+        names = tuple(s for s in cfg.token_groups if s in meta)
+        if len(names) < 2 or STATE in names:
+            return None
+        shapes = {(cfg.stream(s).width, cfg.stream(s).ffn_hidden, len(meta[s])) for s in names}
+        return names if len(shapes) == 1 else None
 
 
 class TimeEmbed(nn.Module):
@@ -1009,9 +1102,11 @@ class WorldActionModel(Pretrained, nn.Module):
         """Whether self-attention runs as flex attention with a BlockMask (cfg.attn_backend) on this device."""
         return self.cfg.attn_backend == "flex" or (self.cfg.attn_backend == "auto" and device.type == "cuda")
 
-    def attn_context(self, q_meta: TokenMeta, k_meta: TokenMeta, text_mask, valid_k=None) -> AttnContext:
+    def attn_context(self, q_meta: TokenMeta, k_meta: TokenMeta, text_mask, valid_k=None,
+                     merge_gated: bool = False) -> AttnContext:
         """Masks and RoPE of a pass: queries q_meta, keys k_meta = [cached history, queries]; valid_k (B, N_k)
-        bool closes the keys of padded frames (each query still sees itself)."""
+        bool closes the keys of padded frames (each query still sees itself); merge_gated: see GatedMasks.build
+        (SDPA only)."""
         dev = q_meta.frame.device
         rope = rope_cos_sin(q_meta.frame, self.cfg.width // self.cfg.heads)
         if self.use_flex(dev):
@@ -1027,7 +1122,7 @@ class WorldActionModel(Pretrained, nn.Module):
             diag = torch.arange(n_q, device=mask.device)
             mask[:, diag, n_c + diag] = True  # a padded query still sees itself
             mask = mask[:, None]  # (B, 1, N_q, N_k)
-        return AttnContext(mask, rope, text_mask, GatedMasks.build(mask, q_meta, k_meta))
+        return AttnContext(mask, rope, text_mask, GatedMasks.build(mask, q_meta, k_meta, merge_gated))
 
     def _run(self, feats: dict, alpha: dict, meta: dict, text: TextContext, *, text_kv=None, valid=None,
              past: WAMCache | None = None, heads=None, anchor=None, plan: "ChunkPlan | None" = None, time=None):
@@ -1078,16 +1173,26 @@ class WorldActionModel(Pretrained, nn.Module):
             ctx = self.attn_context(q_meta, k_meta, text.mask, valid_k)
             past_kv = None if past is None else past.kv
 
+        stacked = plan is not None and plan.stacked is not None and heads
+        if stacked:  # (S, B·N, W): the streams through one batched matmul per layer
+            names = plan.stacked[0].names
+            shape = x[names[0]].shape
+            x_all = torch.stack([x[s] for s in names]).flatten(1, 2)
+            mod_all = torch.stack([mod[s] for s in names]).flatten(1, 2)
         new_kv = []
         for i, blk in enumerate(self.blocks):
             text_i = text.emb if text_kv is None else text_kv[i]
             past_i = None if past_kv is None else past_kv[i]
             kv_only = not heads and i == len(self.blocks) - 1
-            if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            if stacked:
+                x_all, kv = blk.forward_stacked(x_all, mod_all, plan.stacked[i], ctx, text_i, past_i, True)
+            elif self.grad_checkpoint and self.training and torch.is_grad_enabled():
                 x, kv = checkpoint(blk, x, mod, ctx, text_i, past_i, kv_only, use_reentrant=False)
             else:
                 x, kv = blk(x, mod, ctx, text_i, past_i, kv_only, plan is not None)
             new_kv.append(kv)
+        if stacked:
+            x = dict(zip(names, x_all.view(len(names), *shape).unbind(0)))
         # a stream's own tokens come first in x and in parts: the head reads those (never the states)
         return {s: self.io[s].head(x[s][:, : feats[s].shape[1]], parts[s][0][1]) for s in heads}, new_kv
 
@@ -1347,10 +1452,12 @@ class WorldActionModel(Pretrained, nn.Module):
     def _plan(self, cache: WAMCache, meta: dict) -> ChunkPlan:
         """The attention context and K/V slots of a chunk with layout meta {group: TokenMeta} after `cache`."""
         q_meta = TokenMeta.cat([meta[g] for g in self.cfg.token_groups if g in meta])
-        ctx = self.attn_context(q_meta, TokenMeta.cat([cache.meta, q_meta]), cache.text.mask)
+        ctx = self.attn_context(q_meta, TokenMeta.cat([cache.meta, q_meta]), cache.text.mask, merge_gated=True)
         n = len(q_meta)
         slots = lambda t: torch.cat([t, t.new_empty(*t.shape[:2], n, t.shape[3])], 2)  # noqa: E731
-        return ChunkPlan(ctx, [(slots(k), slots(v)) for k, v in cache.kv])
+        names = StackedStreams.fits(self.cfg, meta)
+        stacked = None if names is None else [StackedStreams.build(blk, names) for blk in self.blocks]
+        return ChunkPlan(ctx, [(slots(k), slots(v)) for k, v in cache.kv], stacked)
 
     def _step_times(self, alphas: list[dict]) -> list[dict]:
         """Time embeddings of the Euler steps of a chunk, every step's in one pass per group: alphas, one

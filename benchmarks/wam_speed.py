@@ -9,6 +9,9 @@ SXM, the default on CUDA; none on the CPU, where only achieved TFLOP/s are print
 max_memory_allocated, or the process's max RSS on the CPU.
 
     python benchmarks/wam_speed.py [--preset tiny] [--threads 1] [--device cuda] [--compile] [--batch 16]
+                                   [--attn-backend sdpa|flex|auto] [--no-train] [--sample-reps 30]
+
+--no-train times sampling only. Sampling rows are medians over --sample-reps chunks (after a warm-up one).
 """
 
 from __future__ import annotations
@@ -44,13 +47,18 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--compile", action="store_true", help="torch.compile every block (as --optim.compile)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (CUDA default: 989)")
+    ap.add_argument("--attn-backend", default="sdpa", choices=("sdpa", "flex", "auto"),
+                    help="WAMConfig.attn_backend (flex needs CUDA for training)")
+    ap.add_argument("--no-train", action="store_true", help="sampling rows only")
+    ap.add_argument("--sample-reps", type=int, default=None, help="chunks per sampling row (default: --reps)")
     ap.add_argument("--out", default="benchmarks/results/wam_speed.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dev = torch.device(args.device)
     peak = args.peak_tflops or (989.0 if dev.type == "cuda" else None)
-    cfg = WAMConfig.preset(args.preset, robot_action_dim=4, state_dim=4, attn_window=4)
+    cfg = WAMConfig.preset(args.preset, robot_action_dim=4, state_dim=4, attn_window=4,
+                           **({} if args.attn_backend == "sdpa" else {"attn_backend": args.attn_backend}))
     model = WorldActionModel(cfg).to(dev)
     if args.compile:
         for blk in model.blocks:
@@ -71,7 +79,7 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    for bf16 in (False, True):
+    for bf16 in () if args.no_train else (False, True):
         def step():
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model.loss(batch, chunk_size=2, drop_video=False, drop_ell=False)["loss"]
@@ -114,7 +122,7 @@ def main():
     cache = fresh_cache()
     for mode, kw in (("video + actions (5 + 10 steps)", {}), ("actions only (10 steps)", {"actions_only": True}),
                      ("robot actions only (10 steps)", {"robot_only": True})):
-        sec = median_time(lambda: sample(cache, **kw), args.reps)
+        sec = median_time(lambda: sample(cache, **kw), args.sample_reps or args.reps)
         rows.append({"what": "sample chunk (k=1) with KV cache", "mode": mode, "ms": round(1000 * sec, 2)})
         print(json.dumps(rows[-1]), flush=True)
         sec = median_time(lambda: sample(fresh_cache(), **kw), max(3, args.reps // 3))
@@ -123,6 +131,7 @@ def main():
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"preset": args.preset, "threads": args.threads, "device": str(dev),
+                                          "attn_backend": args.attn_backend,
                                           "compile": args.compile, "peak_tflops": peak, "torch": torch.__version__,
                                           "params": n_params, "rows": rows}, indent=1))
 

@@ -555,7 +555,7 @@ class CrossAttention(nn.Module):
         return self.k_norm(k), v
 
     def forward(self, x, kv, text_mask):
-        # x (B, N, D); kv from text_kv; text_mask (B, N_text) bool -> (B, N, D)
+        # x (B, N, D); kv from text_kv; text_mask (B, N_text) bool (or additive float) -> (B, N, D)
         B, N, _ = x.shape
         q = self.q_norm(self.q(x).view(B, N, self.heads, -1).transpose(1, 2))
         y = F.scaled_dot_product_attention(q, *kv, attn_mask=text_mask[:, None, None, :])
@@ -629,7 +629,7 @@ class AttnContext:
 class ChunkPlan:
     """What every Euler step of a sampled chunk shares, for one cache: built once per chunk."""
 
-    ctx: AttnContext  # masks and RoPE of the chunk's tokens after the cached history
+    ctx: AttnContext  # masks (additive float ones for SDPA) and RoPE of the chunk's tokens after the cached history
     kv: list  # per block (k, v) (B, h, N_c + N_q, d): the cached history, then slots the steps overwrite
     stacked: list | None = None  # per block StackedStreams, when the chunk's streams share one shape
 
@@ -1457,6 +1457,15 @@ class WorldActionModel(Pretrained, nn.Module):
         slots = lambda t: torch.cat([t, t.new_empty(*t.shape[:2], n, t.shape[3])], 2)  # noqa: E731
         names = StackedStreams.fits(self.cfg, meta)
         stacked = None if names is None else [StackedStreams.build(blk, names) for blk in self.blocks]
+        # boolean masks as the additive ones SDPA would make of them (0 / -inf) every call, made once
+        dtype = self.null_text.dtype
+        additive = lambda m: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(  # noqa: E731
+            ~m, float("-inf"))
+        if torch.is_tensor(ctx.mask):
+            ctx.mask = additive(ctx.mask)
+        if ctx.gated is not None and ctx.gated.merged is not None:
+            ctx.gated.merged = additive(ctx.gated.merged)
+        ctx.text_mask = additive(ctx.text_mask)
         return ChunkPlan(ctx, [(slots(k), slots(v)) for k, v in cache.kv], stacked)
 
     def _step_times(self, alphas: list[dict]) -> list[dict]:

@@ -471,6 +471,38 @@ def test_actions_only_never_runs_the_video_ffn():
     assert cache.num_tokens == n_tokens  # sampling leaves the history alone
 
 
+
+def test_stacked_streams_follow_the_weights():
+    """Actions-only with ℓ and robot streams runs them stacked from copies of their weights: the copies follow
+    an in-place change of the weights (an optimizer step) and a load_state_dict."""
+    model = scrambled(**ROBOT)
+    batch = clip(2, 1, robot=True)
+    g = torch.Generator().manual_seed(4)
+    noise = {"ell": torch.randn(2, 2, A, generator=g), "robot": torch.randn(2, 2, PER, AR, generator=g)}
+
+    def sample(m):
+        cache = m.new_cache(batch["text"], batch["text_mask"])
+        m.append(cache, batch["z"], state=batch["state"])
+        return m.sample_chunk(cache, 2, actions_only=True, action_steps=3, noise=noise)
+
+    def fresh(m):  # the same weights, nothing stacked yet
+        other = WorldActionModel(m.cfg).eval()
+        other.load_state_dict(m.state_dict())
+        return other
+
+    with torch.no_grad():
+        before = sample(model)
+        assert model._stacked is not None  # the stacked path ran
+        model.blocks[1].streams["robot"].ffn.fc1.weight.mul_(1.5)
+        after = sample(model)
+        ref = sample(fresh(model))
+        model.load_state_dict(scrambled(seed=1, **ROBOT).state_dict())
+        loaded, ref_loaded = sample(model), sample(fresh(model))
+    for key in ("ell", "robot"):
+        assert (after[key] - before[key]).abs().max() > 1e-3, key
+        assert torch.allclose(after[key], ref[key], atol=1e-5), key
+        assert torch.allclose(loaded[key], ref_loaded[key], atol=1e-5), key
+
 def test_robot_only_runs_the_robot_stream_alone():
     model = scrambled(**ROBOT)
     batch, depth = clip(2, 1, robot=True), model.cfg.depth

@@ -737,8 +737,8 @@ class MoTBlock(nn.Module):
 @dataclass
 class StackedStreams:
     """One block's weights of streams with the same width, FFN and token count, stacked on a leading dim (S, ...)
-    for `MoTBlock.forward_stacked` (sampling: ℓ and robot tokens of an actions-only chunk). Built from the
-    parameters when a chunk is planned, so it always matches them."""
+    for `MoTBlock.forward_stacked` (sampling: ℓ and robot tokens of an actions-only chunk): copies of the
+    parameters, which `WorldActionModel._stacked_streams` rebuilds whenever one of them changes."""
 
     names: tuple[str, ...]
     weights: dict  # layer -> (S, in, out) transposed weight or None (Identity adapter)
@@ -901,6 +901,7 @@ class WorldActionModel(Pretrained, nn.Module):
         # to train, not of the model: the trainer sets it (optim.activation_checkpointing) without touching cfg
         self.grad_checkpoint = cfg.grad_checkpoint
         self.new_parameters: list[str] = []  # set by from_pretrained(..., allow_new_streams=True)
+        self._stacked = None  # (key, per block StackedStreams) of the last stacked streams (_stacked_streams)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -1456,7 +1457,7 @@ class WorldActionModel(Pretrained, nn.Module):
         n = len(q_meta)
         slots = lambda t: torch.cat([t, t.new_empty(*t.shape[:2], n, t.shape[3])], 2)  # noqa: E731
         names = StackedStreams.fits(self.cfg, meta)
-        stacked = None if names is None else [StackedStreams.build(blk, names) for blk in self.blocks]
+        stacked = None if names is None else self._stacked_streams(names)
         # boolean masks as the additive ones SDPA would make of them (0 / -inf) every call, made once
         dtype = self.null_text.dtype
         additive = lambda m: torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(  # noqa: E731
@@ -1467,6 +1468,15 @@ class WorldActionModel(Pretrained, nn.Module):
             ctx.gated.merged = additive(ctx.gated.merged)
         ctx.text_mask = additive(ctx.text_mask)
         return ChunkPlan(ctx, [(slots(k), slots(v)) for k, v in cache.kv], stacked)
+
+    def _stacked_streams(self, names: tuple[str, ...]) -> list:
+        """Per block StackedStreams of these streams, rebuilt only when a parameter they copy has changed
+        (another tensor, or written in place: an optimizer step, load_state_dict)."""
+        params = [p for blk in self.blocks for s in names for p in blk.streams[s].parameters()]
+        key = (names, tuple((p.data_ptr(), p._version) for p in params))
+        if self._stacked is None or self._stacked[0] != key:
+            self._stacked = (key, [StackedStreams.build(blk, names) for blk in self.blocks])
+        return self._stacked[1]
 
     def _step_times(self, alphas: list[dict]) -> list[dict]:
         """Time embeddings of the Euler steps of a chunk, every step's in one pass per group: alphas, one

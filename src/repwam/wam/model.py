@@ -475,7 +475,7 @@ def flex_attend(q, k, v, block_mask: BlockMask):
     if q.device.type != "cuda":
         return flex_attention(q, k, v, block_mask=block_mask)
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = torch.compile(flex_attention)  # sequence lengths vary: automatic dynamic shapes
     return _compiled_flex(q, k, v, block_mask=block_mask)
 
 

@@ -277,9 +277,12 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     return p
 
 
+# Sized for <= 20 min on 2 cores (measured idle: data 0.7 min, tokenizer ~7 with its teacher features, LAT ~1.5,
+# WAM pretraining ~3.5, adaptation ~3, closed loop ~2 on two environment processes); the baseline gets the WAM's
+# pretraining + adaptation wall time (~600 steps at batch 64) on the other core.
 DEMO = PipelineConfig(tasks="reach-v3,push-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
-                      episodes_per_task=15, tok_steps=600, lat_steps=600, wam_steps=800, adapt_steps=600,
-                      plain_steps=700, eval_episodes=10)
+                      episodes_per_task=15, tok_steps=400, lat_steps=300, wam_steps=550, adapt_steps=400,
+                      plain_steps=600, eval_episodes=10, eval_workers=2)
 
 
 def demo(out: str | Path, cfg: PipelineConfig = DEMO) -> Pipeline:

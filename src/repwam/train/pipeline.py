@@ -48,7 +48,7 @@ class PipelineConfig:
     lat_steps: int = 1500
     wam_steps: int = 3000  # pretraining (and the joint row's only stage)
     adapt_steps: int = 2000
-    plain_steps: int = 5000  # the baseline gets the WAM's pretrain + adapt budget in steps
+    plain_steps: int = 5000  # the baseline's steps (the demo gives it the WAM's pretraining + adaptation wall time)
     eval_episodes: int = 20  # closed-loop episodes per task
     eval_seed: int = 0
     max_steps: int | None = None  # per closed-loop episode (None: Meta-World's 500)

@@ -38,7 +38,17 @@ def test_report_embeds_everything_and_shows_the_numbers(tmp_path):
     assert "3.0 min" in page and "2.5 min" in page, "the sum of the jobs and the run's wall time"
     assert 'style="max-width:none"' in page, "the reconstruction strip keeps its pixel size (scrolls sideways)"
     assert "0.800" in page and "0.650" in page, "both policies' mean success"
+    assert "RepWAM (seed 0)" in page and "plain baseline (seed 0)" in page, "policies named for a person"
     assert "22.20" in page and "train-wam_repwam_s0" in page and "seed&quot;: 0" in page
     srcs = re.findall(r'src="([^"]+)"', page)
     assert len(srcs) >= 2 and all(s.startswith("data:") for s in srcs), "no link to a file: everything embedded"
     assert "http" not in page.replace("http-equiv", ""), "no internet"
+
+
+def test_policy_labels():
+    from repwam.eval.report import policy_label
+
+    assert policy_label("wam_repwam_s2") == "RepWAM (seed 2)"
+    assert policy_label("plain_plain_s0") == "plain baseline (seed 0)"
+    assert policy_label("wam_no_ell_s1") == "WAM, no_ell row (seed 1)"
+    assert policy_label("my_eval") == "my_eval"

@@ -13,10 +13,12 @@ import base64
 import html
 import json
 import platform
+import re
 from pathlib import Path
 
 import numpy as np
 
+MAX_VIDEOS = 5  # rollout videos per policy (the demo records one per task)
 MIME = {".png": "image/png", ".gif": "image/gif", ".mp4": "video/mp4"}
 
 
@@ -79,6 +81,17 @@ def training_curves(runs_dir: Path, out: Path) -> list[Path]:
     return pictures
 
 
+def policy_label(run: str) -> str:
+    """What a person reads for an evaluation directory: `wam_repwam_s0` -> "RepWAM (seed 0)", `plain_plain_s1` ->
+    "plain baseline (seed 1)", `wam_recon_s0` -> "WAM on recon (seed 0)"; other names stay as they are."""
+    m = re.fullmatch(r"(wam|plain)_(\w+?)_s(\d+)", run)
+    if m is None:
+        return run
+    kind, row, seed = m.groups()
+    name = {"repwam": "RepWAM", "plain": "plain baseline"}.get(row, f"WAM, {row} row")
+    return f"{name} (seed {seed})"
+
+
 def success_bars(results: dict[str, dict], path: Path) -> Path:
     """Per-task success with Wilson intervals, one bar group per policy."""
     import matplotlib
@@ -96,7 +109,7 @@ def success_bars(results: dict[str, dict], path: Path) -> Path:
         rate = np.array([r["success_rate"] for r in rows])
         lo = np.clip(rate - np.array([r["ci95"][0] for r in rows]), 0, None)  # float round-off at 0 and 1
         hi = np.clip(np.array([r["ci95"][1] for r in rows]) - rate, 0, None)
-        ax.bar(x + (i - (len(names) - 1) / 2) * w, rate, w, yerr=[lo, hi], capsize=2, label=name)
+        ax.bar(x + (i - (len(names) - 1) / 2) * w, rate, w, yerr=[lo, hi], capsize=2, label=policy_label(name))
     ax.set_xticks(x, [t.replace("-v3", "") for t in tasks] + ["MEAN"], rotation=40, ha="right", fontsize=7)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success (95% Wilson)")
@@ -128,18 +141,19 @@ def write_report(run_dir: str | Path, *, title: str = "repwam run", timings: dic
     if evals:
         plot = success_bars(evals, assets / "success.png")
         rows = "".join(
-            f"<tr><td>{html.escape(n)}</td><td>{r['mean']['success_rate']:.3f}</td>"
+            f"<tr><td>{html.escape(policy_label(n))}</td><td>{r['mean']['success_rate']:.3f}</td>"
             f"<td>[{r['mean']['ci95'][0]:.2f}, {r['mean']['ci95'][1]:.2f}]</td><td>{r['mean']['episodes']}</td>"
             f"<td>{r['mean']['mean_length']:.0f}</td><td>{r['mean']['infer_ms_mean']:.1f}</td></tr>"
             for n, r in evals.items())
         parts.append("<h2>Closed-loop success (Meta-World evaluation layouts)</h2>"
                      "<table><tr><th>policy</th><th>mean success</th><th>95% Wilson</th><th>episodes</th>"
                      f"<th>mean length</th><th>ms / call</th></tr>{rows}</table>{_embed(plot, 900)}")
-        videos = [v for n in evals for v in sorted((run_dir / "eval" / n).glob("**/*.mp4"))[:3]]
-        if videos:
+        videos = {n: sorted((run_dir / "eval" / n).glob("**/*.mp4"))[:MAX_VIDEOS] for n in evals}
+        if any(videos.values()):  # one row per policy
             parts.append("<h2>Rollouts</h2>" + "".join(
-                f"<figure>{_embed(v, 360)}<figcaption>{html.escape(v.relative_to(run_dir / 'eval').parts[0] + ': ' + v.stem)}</figcaption>"
-                "</figure>" for v in videos))
+                f"<h3>{html.escape(policy_label(n))}</h3><div>" + "".join(
+                    f"<figure>{_embed(v, 180)}<figcaption>{html.escape(v.stem)}</figcaption></figure>" for v in vs)
+                + "</div>" for n, vs in videos.items() if vs))
 
     tok = run_dir / "eval_tokenizer"
     if (tok / "table.md").exists():

@@ -42,6 +42,7 @@ class WAMTrainConfig:
     use_state: bool = True  # adapt / joint: the proprioceptive state enters as a token per latent frame (as π0)
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
+    attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
     clip_frames: int = 6  # latent frames per training clip (> attn_window: the sliding-window regime is trained)
     val_fraction: float = 0.1
     split_seed: int = 0
@@ -105,14 +106,16 @@ class WAMStage(Stage):
         L, d = self.train_set.latent_shape
         grid = load_tokenizer(cfg.tokenizer).latent_grid
         overrides = dict(latent_grid=tuple(grid), latent_dim=d, action_dim=len(self.train_set.ell_norm.mean),
-                         text_dim=encoder.dim, attn_window=cfg.attn_window, use_latent_actions=cfg.use_latent_actions)
+                         text_dim=encoder.dim, attn_window=cfg.attn_window, use_latent_actions=cfg.use_latent_actions,
+                         attn_backend=cfg.attn_backend)
         robot = {}
         if cfg.robot:
             a_dim = len(self.train_set.action_norm.mean)
             robot = dict(robot_action_dim=a_dim, robot_per_frame=self.train_set.tp * self.train_set.stride,
                          state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0)
         if cfg.stage == "adapt":
-            self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot).train()
+            self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,
+                                                          attn_backend=cfg.attn_backend).train()
             init_parents = self.model.checkpoint_meta.get("parents", {})
             for name, ref in (("tokenizer", self.tok), ("lat", self.lat)):
                 got = (init_parents.get(name) or {}).get("weights_hash")

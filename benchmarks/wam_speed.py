@@ -51,7 +51,8 @@ def main():
                     help="WAMConfig.attn_backend (flex needs CUDA for training)")
     ap.add_argument("--no-train", action="store_true", help="sampling rows only")
     ap.add_argument("--sample-reps", type=int, default=None, help="chunks per sampling row (default: --reps)")
-    ap.add_argument("--out", default="benchmarks/results/wam_speed.json")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/wam_speed.json (wam_sampling.json with "
+                    "--no-train, so a sampling-only run keeps the training rows)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -129,6 +130,7 @@ def main():
         rows.append({"what": f"sample chunk (k=1) recomputing the {history}-frame history", "mode": mode,
                      "ms": round(1000 * sec, 2)})
         print(json.dumps(rows[-1]), flush=True)
+    args.out = args.out or f"benchmarks/results/{'wam_sampling' if args.no_train else 'wam_speed'}.json"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"preset": args.preset, "threads": args.threads, "device": str(dev),
                                           "attn_backend": args.attn_backend,

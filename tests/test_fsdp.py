@@ -145,7 +145,8 @@ def test_fsdp_two_ranks_resume_and_one_process_checkpoint(tiny_dataset, tiny_tok
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         losses = model.loss(batch, chunk_size=2, drop_video=False)
-    assert {k: float(v) for k, v in losses.items()} == a0["plain_loss"]
+    # (the same weights, checked bit for bit above; the loss in another process agrees to float rounding)
+    assert {k: float(v) for k, v in losses.items()} == pytest.approx(a0["plain_loss"], rel=1e-6, abs=1e-7)
     # FSDP's arithmetic: with the random draws taken out of the loss, 3 AdamW steps on 2 ranks (half a batch each,
     # gradients reduce-scattered, AdamW on the shards) reach the moments and weights of one plain process
     from repwam.train.wam import WAMStage, train_wam

@@ -222,5 +222,9 @@ def test_time_budget_cuts_steps_keeps_the_schedule_and_resumes(tiny_tokenizer, t
     calls = clock["t"]
     train_lat(cfg, [tiny_dataset], tmp_path / "run", resume=True, progress=False)
     assert clock["t"] == calls, "the resumed run trained past the length its budget fixed"
+    # a budget already spent when the length is fixed (15 s of 3 s): one more step, and the run ends on its save
+    spent = train_lat(lat_config(tiny_tokenizer, steps=100, minutes=0.05, save_every=50), [tiny_dataset],
+                      tmp_path / "spent", progress=False)
+    assert LatentActionTokenizer.read_checkpoint_config(spent)["step"] == 16
     with pytest.raises(RepwamError, match="optim.minutes must be > 0"):
         OptimConfig(minutes=0)

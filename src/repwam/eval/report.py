@@ -83,11 +83,11 @@ def training_curves(runs_dir: Path, out: Path) -> list[Path]:
 
 def policy_label(run: str) -> str:
     """What a person reads for an evaluation directory: `wam_repwam_s0` -> "RepWAM (seed 0)", `plain_plain_s1` ->
-    "plain baseline (seed 1)", `wam_recon_s0` -> "WAM on recon (seed 0)"; other names stay as they are."""
-    m = re.fullmatch(r"(wam|plain)_(\w+?)_s(\d+)", run)
+    "plain baseline (seed 1)", `wam_recon_s0` -> "WAM, recon row (seed 0)"; other names stay as they are."""
+    m = re.fullmatch(r"(?:wam|plain)_(\w+?)_s(\d+)", run)
     if m is None:
         return run
-    kind, row, seed = m.groups()
+    row, seed = m.groups()
     name = {"repwam": "RepWAM", "plain": "plain baseline"}.get(row, f"WAM, {row} row")
     return f"{name} (seed {seed})"
 

@@ -607,12 +607,12 @@ class Trainer:
 
     def _fix_steps(self, step: int, sec_per_step: float, elapsed: float) -> None:
         """optim.minutes: the run ends when its budget is spent. With `sec_per_step` measured, the step count becomes
-        what fits in the time left (never more than optim.steps, never fewer than done), agreed by every rank; the
-        cosine schedule then decays to the new end (the cut is made within the warm-up, before any decay), and the
-        count is kept in the training state so a resumed run keeps the same schedule. Validation and saving are
-        not in the estimate: budget them in save_every."""
+        what fits in the time left (never more than optim.steps; at least one more step, so the run still ends on
+        its final save), agreed by every rank; the cosine schedule then decays to the new end (the cut is made
+        within the warm-up, before any decay), and the count is kept in the training state so a resumed run keeps
+        the same schedule. Validation and saving are not in the estimate: budget them in save_every."""
         left = self.o.minutes * 60 - elapsed
-        steps = torch.tensor(float(min(self.o.steps, max(step, step + int(left / max(sec_per_step, 1e-9))))))
+        steps = torch.tensor(float(min(self.o.steps, max(step + 1, step + int(left / max(sec_per_step, 1e-9))))))
         if self.world > 1:
             import torch.distributed as dist
 
@@ -650,8 +650,6 @@ class Trainer:
                     self._fix_steps(step, (time.perf_counter() - t_calib) / (b - a), time.perf_counter() - t_start)
                     bar.total = self.steps
                     bar.refresh()
-                    if step >= self.steps:
-                        break
             for opt in self.optimizers:
                 opt.zero_grad(set_to_none=True)
             losses = {}  # means over the micro-batches of this step

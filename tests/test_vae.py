@@ -198,4 +198,6 @@ def test_bad_inputs_raise_clear_errors(tiny):
     with pytest.raises(RepwamError, match="not a multiple of the spatial compression 8"):
         VAEConfig(image_size=60)
     with pytest.raises(RepwamError, match="unknown VAEConfig keys"):
-        VAEConfig.from_dict({"patch_size": 8})
+        VAEConfig.from_dict({"tubelet": 8})
+    with pytest.raises(RepwamError, match="patch_size must be >= 1"):
+        VAEConfig(patch_size=0)

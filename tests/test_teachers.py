@@ -225,3 +225,28 @@ def test_teacher_targets_averaging_rule():
     assert teacher_targets(feats[:, :1], latent_grid=(8, 8)).shape == (2, 1, 64, 2)
     with pytest.raises(RepwamError, match="1 \\+ 4k"):
         teacher_targets(feats[:, :6], latent_grid=(2, 2))
+
+
+def test_fit_privileged_teacher_on_a_dataset(tmp_path, tiny_dataset):
+    """`repwam train teacher`: fitted on the training split's simulator state only, saved where the tokenizer's
+    --teacher-path loads it, with held-out R² per probe group; a dataset without the state is a clear error."""
+    from repwam.data.dataset import split_episodes
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.train.teacher import fit_privileged_teacher
+
+    report = fit_privileged_teacher([tiny_dataset], tmp_path / "priv", steps=30, batch_size=16, frame_stride=4,
+                                    progress=False)
+    ds = LeRobotDataset(tiny_dataset)
+    val = split_episodes([ds], "val", 0.1)
+    assert report["val_frames"] == sum(len(range(0, ds.episode_length(e), 4)) for _, e in val)
+    assert report["train_frames"] + report["val_frames"] == sum(len(range(0, ds.episode_length(e), 4))
+                                                                for e in range(ds.num_episodes))
+    assert set(report["val_r2"]) == {"hand", "gripper", "object", "goal"}
+    assert report["split"]["val_episodes"]  # the split it was fitted on is recorded
+    t = build_teacher("privileged", path=tmp_path / "priv")
+    assert t(torch.zeros(2, 3, 64, 64)).shape == (2, t.dim, 8, 8)
+    from conftest import video_only_copy
+
+    no_state = video_only_copy(tiny_dataset, tmp_path / "video_only")
+    with pytest.raises(RepwamError, match="observation.environment_state"):
+        fit_privileged_teacher([no_state], tmp_path / "priv2", steps=2, progress=False)

@@ -151,6 +151,24 @@ def train_tokenizer_cmd(ctx: typer.Context):
     _train("tokenizer", ctx.args)
 
 
+@train_app.command("teacher")
+def train_teacher_cmd(
+    data: list[Path] = typer.Option(..., "--data", help="dataset(s) with observation.environment_state"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory of the fitted teacher"),
+    steps: int = typer.Option(2000, help="AdamW steps"),
+    batch_size: int = typer.Option(64, help="frames per step"),
+    frame_stride: int = typer.Option(2, help="every n-th frame of each training episode"),
+    seed: int = typer.Option(0),
+):
+    """Fit the privileged UPPER-BOUND teacher (a CNN supervised on the simulator's hand, gripper, object and goal
+    positions) on the training episodes; then `repwam train tokenizer --recipe privileged --teacher-path OUT`."""
+    from repwam.train.teacher import fit_privileged_teacher
+
+    report = fit_privileged_teacher(data, out, steps=steps, batch_size=batch_size, frame_stride=frame_stride, seed=seed)
+    r2 = ", ".join(f"{k} {v:.3f}" for k, v in report["val_r2"].items())
+    typer.echo(f"privileged teacher -> {out}; held-out R² {r2} (mean {report['val_r2_mean']:.3f})")
+
+
 @eval_app.command("tokenizer")
 def eval_tokenizer_cmd(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help="tokenizer checkpoint(s); repeat to compare"),

@@ -61,7 +61,8 @@ class PrivilegedEncoder(nn.Module):
 
     @classmethod
     def fit(cls, images, targets, steps: int = 2000, batch_size: int = 64, lr: float = 1e-3,
-            dim: int = 64, seed: int = 0, device: str = "cpu", log_every: int = 0) -> "PrivilegedEncoder":
+            dim: int = 64, seed: int = 0, device: str = "cpu", log_every: int = 0,
+            progress: bool = False) -> "PrivilegedEncoder":
         """Train on images uint8 (N, H, W, 3) and targets (N, D) (e.g. object positions/quaternions)."""
         import numpy as np
 
@@ -78,7 +79,10 @@ class PrivilegedEncoder(nn.Module):
         opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         model.fit_history = []
-        for step in range(steps):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(range(steps), desc="fit privileged teacher", disable=not progress)
+        for step in bar:
             idx = torch.randint(len(images), (min(batch_size, len(images)),), generator=g)
             x = images[idx].to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
             y = ((targets[idx] - mean) / std).to(device)
@@ -88,6 +92,8 @@ class PrivilegedEncoder(nn.Module):
             opt.step()
             sched.step()
             model.fit_history.append(loss.item())
+            if step % 50 == 0:
+                bar.set_postfix(mse=f"{loss.item():.4f}")
             if log_every and step % log_every == 0:
                 print(f"privileged step {step} mse {loss.item():.4f}")
         return model.eval()

@@ -112,3 +112,23 @@ def test_bad_output_dirs(tmp_path):
     (other / "something.txt").write_text("x")
     with pytest.raises(RepwamError, match="not empty"):
         generate(other, GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, workers=1))
+
+
+def test_two_cameras_record_one_video_each(tmp_path):
+    """`--camera corner3,topview`: one video feature per camera, rendered at the same steps (frame t of each view
+    is the same simulator state), the views really different; an unknown or repeated camera is a clear error."""
+    cfg = GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, workers=1, cameras=("corner3", "topview"))
+    generate(tmp_path / "ds", cfg)
+    ds = LeRobotDataset(tmp_path / "ds")
+    assert ds.camera_keys == ["observation.images.corner3", "observation.images.topview"]
+    a, b = (ds.episode_frames(0, k) for k in ds.camera_keys)
+    assert a.shape == b.shape == (ds.episode_length(0), 64, 64, 3)
+    assert np.abs(a.astype(float) - b).mean() > 10, "the two views should differ"
+    with MetaWorldEnv("reach-v3", cameras=("corner3", "topview")) as env:
+        rec = rollout_expert(env, int(ds.episodes[0]["seed"]))
+    for key, cam in zip(ds.camera_keys, ("corner3", "topview")):
+        mse = np.mean((ds.episode_frames(0, key).astype(np.float64) - rec["images"][cam]) ** 2)
+        assert 10 * np.log10(255**2 / mse) > 30
+    for bad, msg in ((("corner3", "nope"), "unknown camera"), (("corner3", "corner3"), "twice")):
+        with pytest.raises(RepwamError, match=msg):
+            generate(tmp_path / f"bad{len(msg)}", GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, cameras=bad))

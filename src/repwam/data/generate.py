@@ -33,6 +33,7 @@ from repwam.data.sim import (
     FPS,
     OBS_NAMES,
     STATE_NAMES,
+    check_cameras,
 )
 from repwam.data.tasks import instruction, resolve_tasks
 from repwam.errors import RepwamError
@@ -45,7 +46,7 @@ class GenerateConfig:
     tasks: list[str]
     episodes_per_task: int = 5
     seed: int = 0
-    camera: str = DEFAULT_CAMERA
+    cameras: tuple[str, ...] = (DEFAULT_CAMERA,)  # one video feature each, rendered at the same steps
     image_size: int = DEFAULT_IMAGE_SIZE
     max_steps: int = 500
     steps_after_success: int = 8
@@ -62,14 +63,12 @@ def layout_seed(base_seed: int, task: str, k: int, *, eval: bool = False) -> int
     return int(state % EVAL_SEED_OFFSET) + (EVAL_SEED_OFFSET if eval else 0)
 
 
-def features(camera: str, image_size: int) -> dict[str, dict]:
-    """LeRobot feature spec of a generated dataset."""
+def features(cameras: tuple[str, ...] | str, image_size: int) -> dict[str, dict]:
+    """LeRobot feature spec of a generated dataset: one video per camera, then state, simulator state, action."""
+    cameras = (cameras,) if isinstance(cameras, str) else cameras
+    video = {"dtype": "video", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
     return {
-        f"observation.images.{camera}": {
-            "dtype": "video",
-            "shape": (image_size, image_size, 3),
-            "names": ["height", "width", "channels"],
-        },
+        **{f"observation.images.{cam}": dict(video) for cam in cameras},
         "observation.state": {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES},
         "observation.environment_state": {"dtype": "float32", "shape": (len(OBS_NAMES),), "names": OBS_NAMES},
         "action": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
@@ -91,7 +90,7 @@ def _attempt(cfg: dict, task: str, k: int, seed: int, staging: str) -> tuple[str
             _ENV.close()
         _ENV = MetaWorldEnv(
             task,
-            camera=cfg["camera"],
+            cameras=tuple(cfg["cameras"]),
             image_size=cfg["image_size"],
             goal_marker_scale=cfg["goal_marker_scale"],
             max_steps=cfg["max_steps"],
@@ -101,7 +100,8 @@ def _attempt(cfg: dict, task: str, k: int, seed: int, staging: str) -> tuple[str
     path.parent.mkdir(parents=True, exist_ok=True)
     if ep["episode_success"]:
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **{key: v for key, v in ep.items() if key != "episode_success"}, seed=seed)
+        arrays = {key: v for key, v in ep.items() if key not in ("episode_success", "images", "image")}
+        np.savez(tmp, **arrays, **{f"image.{cam}": v for cam, v in ep["images"].items()}, seed=seed)
         os.replace(tmp, path.with_suffix(".npz"))
     else:
         path.with_suffix(".failed").write_text(json.dumps({"seed": seed, "length": len(ep["action"])}))
@@ -126,6 +126,7 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
 
     out = Path(out)
     tasks = resolve_tasks(cfg.tasks)
+    cfg.cameras = check_cameras(cfg.cameras)
     if cfg.episodes_per_task < 1:
         raise RepwamError(f"--episodes-per-task must be >= 1, got {cfg.episodes_per_task}")
     staging = out.parent / f"{out.name}.partial"
@@ -140,7 +141,7 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
         (staging / ".write-test").touch()
     except OSError as e:
         raise RepwamError(f"cannot write to {staging.parent}: {e.strerror}") from None
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("workers", "tasks")}
+    settings = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items() if k not in ("workers", "tasks")}
     settings_file = staging / "settings.json"
     if settings_file.exists():
         previous = json.loads(settings_file.read_text())
@@ -151,7 +152,7 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
             )
     settings_file.write_text(json.dumps(settings, indent=1))
 
-    wcfg = {k: settings[k] for k in ("camera", "image_size", "goal_marker_scale", "max_steps", "steps_after_success")}
+    wcfg = {k: settings[k] for k in ("cameras", "image_size", "goal_marker_scale", "max_steps", "steps_after_success")}
     n, max_attempts = cfg.episodes_per_task, cfg.episodes_per_task * cfg.max_attempts_factor
     state = {t: _staged(staging, t) for t in tasks}
     resumed = sum(v for s in state.values() for v in s.values())
@@ -191,9 +192,8 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
     # ---- assemble: first n successes of each task, in attempt order
     report = {"tasks": {}, "settings": settings, "generation_seconds": round(gen_seconds, 1)}
     writer = LeRobotWriter(
-        out, fps=FPS, features=features(cfg.camera, cfg.image_size), robot_type="sawyer", overwrite=True
+        out, fps=FPS, features=features(cfg.cameras, cfg.image_size), robot_type="sawyer", overwrite=True
     )
-    cam_key = f"observation.images.{cfg.camera}"
     for t in tqdm(tasks, desc="writing LeRobot v3.0", unit="task"):
         kept = [k for k in sorted(state[t]) if state[t][k]][:n]
         failed = [k for k in sorted(state[t]) if not state[t][k] and (not kept or k < kept[-1])]
@@ -203,7 +203,7 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
         for k in kept:
             with np.load(staging / t / f"{k:05d}.npz") as ep:
                 frames = {
-                    cam_key: ep["image"],
+                    **{f"observation.images.{cam}": ep[f"image.{cam}"] for cam in cfg.cameras},
                     "observation.state": ep["state"],
                     "observation.environment_state": ep["env_state"],
                     "action": ep["action"],

@@ -61,14 +61,28 @@ class StepResult:
     truncated: bool
 
 
+def check_cameras(cameras) -> tuple[str, ...]:
+    """A non-empty tuple of distinct Meta-World camera names (a comma-separated string is split)."""
+    if isinstance(cameras, str):
+        cameras = [c.strip() for c in cameras.split(",") if c.strip()]
+    cameras = tuple(cameras)
+    bad = [c for c in cameras if c not in CAMERAS]
+    if not cameras or bad:
+        raise RepwamError(f"unknown camera(s) {bad or cameras!r}; Meta-World cameras: {', '.join(CAMERAS)}")
+    if len(set(cameras)) != len(cameras):
+        raise RepwamError(f"cameras {cameras} name one camera twice")
+    return cameras
+
+
 class MetaWorldEnv:
-    """One Meta-World task with a fixed camera. `reset(seed)` gives that seed's object/goal layout."""
+    """One Meta-World task seen by fixed cameras (the first is `camera`). `reset(seed)` gives that seed's layout."""
 
     def __init__(
         self,
         task: str,
         *,
         camera: str = DEFAULT_CAMERA,
+        cameras: tuple[str, ...] | None = None,
         image_size: int = DEFAULT_IMAGE_SIZE,
         goal_marker_scale: float = 3.0,
         max_steps: int = 500,
@@ -76,11 +90,10 @@ class MetaWorldEnv:
         import mujoco
 
         envs, policies = _import_metaworld()
-        if camera not in CAMERAS:
-            raise RepwamError(f"unknown camera {camera!r}; Meta-World cameras: {', '.join(CAMERAS)}")
+        self.cameras = check_cameras(cameras or (camera,))
         if f"{task}-goal-observable" not in envs:
             raise RepwamError(f"unknown Meta-World task {task!r}")
-        self.task, self.camera, self.image_size = task, camera, image_size
+        self.task, self.camera, self.image_size = task, self.cameras[0], image_size
         self.instruction = instruction(task)
         self.env = envs[f"{task}-goal-observable"]()
         self.env.max_path_length = max_steps
@@ -94,7 +107,6 @@ class MetaWorldEnv:
         self._renderer = mujoco.Renderer(model, image_size, image_size)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
             self._renderer.scene.flags[flag] = False
-        self._flip = camera.startswith("corner")
         self._obs: np.ndarray | None = None
 
     def reset(self, seed: int) -> np.ndarray:
@@ -106,13 +118,20 @@ class MetaWorldEnv:
         self._obs = obs
         return obs
 
-    def render(self) -> np.ndarray:
-        """(H, W, 3) uint8, the right way up."""
-        self._renderer.update_scene(self.env.data, camera=self.camera)
+    def render(self, camera: str | None = None) -> np.ndarray:
+        """(H, W, 3) uint8 from `camera` (default: the first), the right way up."""
+        camera = camera or self.camera
+        if camera not in CAMERAS:
+            raise RepwamError(f"unknown camera {camera!r}; Meta-World cameras: {', '.join(CAMERAS)}")
+        self._renderer.update_scene(self.env.data, camera=camera)
         frame = self._renderer.render()
-        if self._flip:
+        if camera.startswith("corner"):
             frame = frame[::-1, ::-1]
         return np.ascontiguousarray(frame)
+
+    def render_all(self) -> dict[str, np.ndarray]:
+        """{camera: (H, W, 3) uint8} for every camera of the env."""
+        return {cam: self.render(cam) for cam in self.cameras}
 
     def expert_action(self) -> np.ndarray:
         assert self._obs is not None, "call reset() first"
@@ -140,13 +159,14 @@ def rollout_expert(env: MetaWorldEnv, seed: int, *, steps_after_success: int = 8
     """Run the scripted expert from `seed`'s layout. Frame t is observed before action t is taken.
 
     Stops `steps_after_success` steps after the first success, or at `env.max_steps`.
-    Returns arrays with leading dim T and `success`.
+    Returns arrays with leading dim T and `success`; "images" holds one (T, H, W, 3) array per camera of the env,
+    "image" the first camera's.
     """
     obs = env.reset(seed)
     frames, states, full, actions, rewards, successes = [], [], [], [], [], []
     first_success = None
     for t in range(env.max_steps):
-        frames.append(env.render())
+        frames.append(env.render_all())
         states.append(obs[:4])
         full.append(obs)
         action = env.expert_action()
@@ -162,7 +182,8 @@ def rollout_expert(env: MetaWorldEnv, seed: int, *, steps_after_success: int = 8
         if res.truncated:
             break
     return {
-        "image": np.stack(frames),  # (T, H, W, 3) uint8
+        "images": {cam: np.stack([f[cam] for f in frames]) for cam in env.cameras},  # each (T, H, W, 3) uint8
+        "image": np.stack([f[env.camera] for f in frames]),  # the first camera's
         "state": np.asarray(states, np.float32),  # (T, 4)
         "env_state": np.asarray(full, np.float32),  # (T, 39)
         "action": np.asarray(actions, np.float32),  # (T, 4)

@@ -196,7 +196,7 @@ def _worker_env(task: str, env_cfg: dict, max_steps: int):
         _release_env()
         _WORKER["env"] = MetaWorldEnv(
             task,
-            camera=env_cfg["cameras"][0],
+            cameras=tuple(env_cfg["cameras"]),
             image_size=env_cfg["image_size"],
             goal_marker_scale=env_cfg["goal_marker_scale"],
             max_steps=max_steps,
@@ -209,15 +209,6 @@ def _release_env() -> None:
     if _WORKER.get("env") is not None:
         _WORKER["env"].close()
     _WORKER["env"] = _WORKER["env_key"] = None
-
-
-def _render(env, camera: str) -> np.ndarray:
-    if camera == env.camera:
-        return env.render()
-    # the env's own renderer and orientation rule (MetaWorldEnv.render), for the policy's other cameras
-    env._renderer.update_scene(env.env.data, camera=camera)
-    frame = env._renderer.render()
-    return np.ascontiguousarray(frame[::-1, ::-1] if camera.startswith("corner") else frame)
 
 
 def _checked_action(out: Any, policy: str, where: str) -> np.ndarray:
@@ -262,7 +253,7 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
     views, imagined, infer_ms = [], [], []
     success, steps = False, max_steps
     for t in range(max_steps):
-        images = {cam: _render(env, cam) for cam in env_cfg["cameras"]}
+        images = {cam: env.render(cam) for cam in env_cfg["cameras"]}
         observation: dict[str, Any] = {f"{IMAGE_PREFIX}{cam}": im for cam, im in images.items()}
         observation["observation.state"] = obs[: len(STATE_NAMES)].astype(np.float32)
         observation[ENV_STATE_KEY] = obs.astype(np.float32)
@@ -284,7 +275,7 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
             steps = t + 1
             break
     if video:
-        views.append(np.concatenate([_render(env, cam) for cam in env_cfg["cameras"]], axis=1))
+        views.append(np.concatenate([env.render(cam) for cam in env_cfg["cameras"]], axis=1))
         imagined.append(None)
         outcome = f"SUCCESS at step {steps}" if success else f"FAILED within {max_steps} steps"
         label = f"{task} #{k}, seed {seed}: {text}. {outcome}"

@@ -76,8 +76,24 @@ def test_shapes_and_size(encoder):
     assert memory.shape == (2, n_tokens, cfg.width) and mask.shape == (2, n_tokens) and not mask[1, -3:].any()
     assert model.velocity(b["action"], torch.rand(2), memory, mask).shape == (2, cfg.horizon, cfg.action_dim)
     assert model.sample_actions(b["images"], b["state"], b["text"], b["text_mask"], steps=2).shape == (2, 16, 4)
-    with pytest.raises(RepwamError, match=r"images \(B, 2, 3, 64, 64\)"):
+    with pytest.raises(RepwamError, match=r"images \(B, 2, 1, 3, 64, 64\) \(n_obs frames of 1 camera"):
         model.encode(b["images"][:, :1], b["state"], b["text"], b["text_mask"])
+
+
+def test_two_views_share_the_encoder_and_are_told_apart():
+    """num_views = 2: each view through the same image encoder, twice the image tokens, a view embedding that makes
+    swapping the views change the memory; a single-view batch is refused."""
+    cfg = PlainConfig.preset("tiny", **{**MICRO, "num_views": 2})
+    model = PlainPolicyModel(cfg).eval()
+    b = fake_batch(cfg, B=2)
+    views = torch.stack([b["images"], b["images"].flip(-1)], dim=2)  # (B, n_obs, 2, 3, S, S)
+    memory, _ = model.encode(views, b["state"], b["text"], b["text_mask"])
+    assert memory.shape[1] == 2 * cfg.n_obs * cfg.tokens_per_frame + cfg.n_obs + 6
+    swapped, _ = model.encode(views.flip(2), b["state"], b["text"], b["text_mask"])
+    assert not torch.allclose(memory, swapped)
+    assert model.sample_actions(views, b["state"], b["text"], b["text_mask"], steps=2).shape == (2, cfg.horizon, 4)
+    with pytest.raises(RepwamError, match="n_obs frames of 2 camera"):
+        model.encode(b["images"], b["state"], b["text"], b["text_mask"])
 
 
 def test_adaln_zero_start_and_padded_text_ignored():
@@ -187,8 +203,8 @@ def test_receding_horizon_replans_every_execute_calls(tmp_path):
     from repwam.data.transforms import image_to_model
 
     torch.testing.assert_close(calls[0][0, 0], calls[0][0, 1])  # the first frame stands in for the one before it
-    torch.testing.assert_close(calls[1][0, 0], image_to_model(frames[2], 64))  # then the last n_obs frames
-    torch.testing.assert_close(calls[1][0, 1], image_to_model(frames[3], 64))
+    torch.testing.assert_close(calls[1][0, 0, 0], image_to_model(frames[2], 64))  # then the last n_obs frames
+    torch.testing.assert_close(calls[1][0, 1, 0], image_to_model(frames[3], 64))  # (of the one view)
     policy.reset("open the drawer")  # a new episode plans at once, and the instruction is encoded once
     assert len(policy.infer(observation(rng))["actions"]) == 3 and len(calls) == 5 and text.calls == 1
     policy.reset("press the button")

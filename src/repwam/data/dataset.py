@@ -31,6 +31,7 @@ class _Episode:
     length: int
     task: str
     global_start: int  # first row of the episode in its source dataset (LeRobot `index`)
+    camera: str = ""  # the view of this slot (views="separate"); "" when the item carries every view
 
 
 def episode_key(ds: LeRobotDataset, e: int) -> str:
@@ -81,8 +82,14 @@ def split_spec(datasets: list[LeRobotDataset], val_fraction: float, seed: int = 
 class ClipDataset(torch.utils.data.Dataset):
     """Clips from one or more LeRobot v3.0 datasets (all must share the camera's image size and feature shapes).
 
+    Cameras: `camera` picks one (default: the first); `cameras` several (a list, or "all": every camera of the first
+    dataset), as `views` says: "separate" makes each (episode, camera) its own clip source, so one model learns every
+    view with the same weights (the tokenizer), "stacked" gives every clip all views at once (frames (T, V, 3, H, W),
+    a multi-view policy).
+
     Each item:
-      frames        uint8 (T, 3, H, W)
+      frames        uint8 (T, 3, H, W)    (T, V, 3, H, W) with views="stacked"
+      camera        str               the clip's camera key (views="separate")
       frame_mask    bool (T,)         False where the clip ran past the episode's end
       action        float32 (T*s, A)  the actions of every raw step from the first frame on (s = frame_stride)
       action_mask   bool (T*s,)
@@ -100,6 +107,8 @@ class ClipDataset(torch.utils.data.Dataset):
         num_frames: int = 9,
         frame_stride: int = 1,
         camera: str | None = None,
+        cameras: list[str] | str | None = None,
+        views: str = "separate",
         split: str = "all",
         val_fraction: float = 0.1,
         split_seed: int = 0,
@@ -120,17 +129,26 @@ class ClipDataset(torch.utils.data.Dataset):
             raise RepwamError(f"min_valid_frames must be in [1, {num_frames}], got {self.min_valid_frames}")
 
         first = self.datasets[0]
-        if camera is None:
-            if not first.camera_keys:
-                raise RepwamError(f"{first.root} has no camera features")
-            camera = first.camera_keys[0]
-        elif not camera.startswith("observation.images."):
-            camera = f"observation.images.{camera}"
-        self.camera = camera
+        if not first.camera_keys:
+            raise RepwamError(f"{first.root} has no camera features")
+        if camera is not None and cameras is not None:
+            raise RepwamError("give camera (one) or cameras (several), not both")
+        if views not in ("separate", "stacked"):
+            raise RepwamError(f"views must be 'separate' or 'stacked', got {views!r}")
+        if cameras == "all":
+            cameras = list(first.camera_keys)
+        elif cameras is None:
+            cameras = [camera or first.camera_keys[0]]
+        self.cameras = [c if c.startswith("observation.images.") else f"observation.images.{c}" for c in cameras]
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise RepwamError(f"cameras must be distinct and at least one, got {self.cameras}")
+        self.camera, self.views = self.cameras[0], views
+        self.stacked = views == "stacked"
         for ds in self.datasets:
-            if camera not in ds.camera_keys:
-                raise RepwamError(f"{ds.root} has no camera {camera!r}; it has {ds.camera_keys}")
-            for key in (camera, "action", "observation.state"):
+            missing = [c for c in self.cameras if c not in ds.camera_keys]
+            if missing:
+                raise RepwamError(f"{ds.root} has no camera {missing[0]!r}; it has {ds.camera_keys}")
+            for key in (*self.cameras, "action", "observation.state"):
                 if key in first.features and key in ds.features:
                     a, b = tuple(first.features[key]["shape"]), tuple(ds.features[key]["shape"])
                     if a != b:
@@ -155,12 +173,16 @@ class ClipDataset(torch.utils.data.Dataset):
         self.episodes: list[_Episode] = []
         frames, actions, states, env_states = [], [], [], []
         row = 0
-        for d, e in tqdm(pairs, desc="decoding episodes", unit="ep", disable=not progress):
+        slots = [(d, e, cam) for d, e in pairs for cam in ([""] if self.stacked else self.cameras)]
+        for d, e, cam in tqdm(slots, desc="decoding episodes", unit="ep", disable=not progress):
             ds = self.datasets[d]
             data = ds.episode_data(e)
-            video = ds.episode_frames(e, self.camera)  # (T, H, W, 3)
+            if self.stacked:  # (T, V, H, W, 3)
+                video = np.stack([ds.episode_frames(e, c) for c in self.cameras], axis=1)
+            else:  # (T, H, W, 3)
+                video = ds.episode_frames(e, cam)
             n = len(video)
-            self.episodes.append(_Episode(d, e, row, n, ds.episode_task(e), int(ds.episodes[e]["dataset_from_index"])))
+            self.episodes.append(_Episode(d, e, row, n, ds.episode_task(e), int(ds.episodes[e]["dataset_from_index"]), cam))
             frames.append(video)
             if "action" in data:
                 actions.append(np.asarray(data["action"], np.float32).reshape(n, -1))
@@ -169,25 +191,31 @@ class ClipDataset(torch.utils.data.Dataset):
             if "observation.environment_state" in data:
                 env_states.append(np.asarray(data["observation.environment_state"], np.float32).reshape(n, -1))
             row += n
-        self.frames = np.concatenate(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # (N, H, W, 3)
+        self.frames = np.concatenate(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # (N, [V,] H, W, 3)
         total = len(self.frames)
         # a feature is used only when every selected episode has it
-        self.actions = np.concatenate(actions) if len(actions) == len(pairs) and pairs else None
-        self.states = np.concatenate(states) if len(states) == len(pairs) and pairs else None
-        self.env_states = np.concatenate(env_states) if len(env_states) == len(pairs) and pairs else None
+        self.actions = np.concatenate(actions) if len(actions) == len(slots) and slots else None
+        self.states = np.concatenate(states) if len(states) == len(slots) and slots else None
+        self.env_states = np.concatenate(env_states) if len(env_states) == len(slots) and slots else None
         for arr in (self.actions, self.states, self.env_states):
             assert arr is None or len(arr) == total
 
     def attach(self, name: str, per_source: list) -> None:
         """Return `per_source[source][global frame index]` under `name` for every frame of a clip.
 
-        per_source: one array or tensor per source dataset with one row per frame of that dataset
-        (e.g. cached teacher features)."""
+        per_source: one array or tensor per source dataset with one row per frame of that dataset (e.g. cached
+        teacher features), or per source a dict {camera key: such an array} of per-view arrays (with views=
+        "separate" each clip gets its camera's rows; with "stacked" the views are stacked after the frame axis)."""
         if len(per_source) != len(self.datasets):
             raise RepwamError(f"{name}: got arrays for {len(per_source)} datasets, expected {len(self.datasets)}")
         for ds, arr in zip(self.datasets, per_source):
-            if len(arr) != ds.num_frames:
-                raise RepwamError(f"{name}: {len(arr)} rows for {ds.root}, which has {ds.num_frames} frames")
+            for cam, a in (arr.items() if isinstance(arr, dict) else [(None, arr)]):
+                if cam is not None and cam not in self.cameras:
+                    continue
+                if len(a) != ds.num_frames:
+                    raise RepwamError(f"{name}: {len(a)} rows for {ds.root}, which has {ds.num_frames} frames")
+            if isinstance(arr, dict) and any(c not in arr for c in self.cameras):
+                raise RepwamError(f"{name}: per-camera arrays for {sorted(arr)}, the clips need {self.cameras}")
         self.frame_arrays[name] = per_source
 
     def __len__(self) -> int:
@@ -195,7 +223,7 @@ class ClipDataset(torch.utils.data.Dataset):
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return tuple(self.frames.shape[1:3])
+        return tuple(self.frames.shape[-3:-1])
 
     def rows(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Row indices into the frame and action arrays for clip i, and their validity masks."""
@@ -213,14 +241,17 @@ class ClipDataset(torch.utils.data.Dataset):
         slot, s = self.index[i]
         ep = self.episodes[slot]
         f, fmask, a, amask = self.rows(i)
+        frames = torch.from_numpy(self.frames[f])  # (T, [V,] H, W, 3)
         item = {
-            "frames": torch.from_numpy(self.frames[f]).permute(0, 3, 1, 2).contiguous(),  # (T, 3, H, W) uint8
+            "frames": frames.movedim(-1, -3).contiguous(),  # (T, [V,] 3, H, W) uint8
             "frame_mask": torch.from_numpy(fmask),
             "task": ep.task,
             "episode": ep.index,
             "source": ep.source,
             "start": s,
         }
+        if not self.stacked:
+            item["camera"] = ep.camera
         if self.actions is not None:
             act = self.actions[a].copy()
             act[~amask] = 0.0
@@ -233,6 +264,12 @@ class ClipDataset(torch.utils.data.Dataset):
         if self.frame_arrays:
             g = f - ep.start + ep.global_start
             for name, arrays in self.frame_arrays.items():  # float16 is a storage format: hand out float32
-                x = torch.as_tensor(arrays[ep.source][g])  # (a float16 batch breaks collation under CPU autocast)
+                arr = arrays[ep.source]  # (a float16 batch breaks collation under CPU autocast)
+                if not isinstance(arr, dict):
+                    x = torch.as_tensor(arr[g])
+                elif self.stacked:
+                    x = torch.stack([torch.as_tensor(arr[c][g]) for c in self.cameras], dim=1)  # (T, V, ...)
+                else:
+                    x = torch.as_tensor(arr[ep.camera][g])
                 item[name] = x.float() if x.dtype == torch.float16 else x
         return item

@@ -133,8 +133,9 @@ def evaluate_wam(checkpoint: str | Path, data: list[str | Path], *, horizon: int
             per_h[f"{name}_hand"][i], per_h[f"{name}_object"][i] = err["hand"], err["object"]
         frames = torch.from_numpy(ds.episode_frames(e, ds.camera_keys[0])[:: stride][: 1 + tp * horizon])
         frames = frames_to_model(frames.permute(0, 3, 1, 2))  # (1 + tp H, 3, h, w)
-        dec = tokenizer.decode(torch.cat([real[:1], imagined])[None])[0].float()
-        dec_copy = tokenizer.decode(real[:1][None])[0].float().expand_as(frames)
+        Lv = tokenizer.tokens_per_frame  # several views: the pictures and PSNR are of the first view's tokens
+        dec = tokenizer.decode(torch.cat([real[:1], imagined])[None][:, :, :Lv])[0].float()
+        dec_copy = tokenizer.decode(real[:1][None][:, :, :Lv])[0].float().expand_as(frames)
         p, pc = frame_psnr(dec[: len(frames)], frames).numpy(), frame_psnr(dec_copy, frames).numpy()
         for h in range(1, horizon + 1):
             covered = slice(tp * (h - 1) + 1, tp * h + 1)

@@ -2,7 +2,8 @@
 policy / ACT-style baseline, the one a user would pick instead of a world action model). Same inputs as RepWAM's
 policy: the camera, the proprioceptive state and the instruction's token embeddings from the frozen text encoder.
 
-    images  (B, n_obs, 3, S, S) in [-1, 1]   the current frame and the n_obs-1 before it (repeated at an episode start)
+    images  (B, n_obs, [V,] 3, S, S) in [-1, 1]   the current frame and the n_obs-1 before it (repeated at an episode
+            start), of each of V cameras (`num_views`; every view through the same encoder, + a learned view embedding)
       -> image encoder, per frame:
            "vit"     p x p patches -> Linear (the observation transformer below is the ViT's body)
            "resnet"  stride-2 conv stem, then stages of two GroupNorm residual blocks (the first strides 2) down to
@@ -66,6 +67,7 @@ class PlainConfig(ModelConfig):
     # inputs
     image_size: int = 64  # S: camera images are area-resized to S x S
     n_obs: int = 2  # frames (and states) observed per plan: the current one and n_obs - 1 before it
+    num_views: int = 1  # V: cameras per observation, each encoded with the same weights
     state_dim: int = 4  # D_s (Meta-World: hand xyz + gripper opening)
     action_dim: int = 4  # A
     horizon: int = 16  # H: raw actions per denoised chunk
@@ -258,6 +260,7 @@ class PlainPolicyModel(Pretrained, nn.Module):
         self.image_encoder = ResNetEncoder(cfg) if cfg.encoder == "resnet" else PatchEncoder(cfg)
         self.register_buffer("image_pos", sincos_2d(cfg.grid, cfg.grid, W), persistent=False)
         self.frame_embed = nn.Parameter(torch.zeros(cfg.n_obs, W))  # the age of a frame (and of its state)
+        self.view_embed = nn.Parameter(torch.zeros(cfg.num_views, W)) if cfg.num_views > 1 else None  # which camera
         self.state_embed = nn.Linear(cfg.state_dim, W) if cfg.state_dim else None
         self.text_embed = nn.Linear(cfg.text_dim, W)
         self.text_type = nn.Parameter(torch.zeros(W))
@@ -280,8 +283,9 @@ class PlainPolicyModel(Pretrained, nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        for p in (self.frame_embed, self.text_type, self.action_pos):
-            nn.init.normal_(p, std=0.02)
+        for p in (self.frame_embed, self.text_type, self.action_pos, self.view_embed):
+            if p is not None:
+                nn.init.normal_(p, std=0.02)
         for lin in (self.time_mlp[0], self.time_mlp[2]):
             nn.init.normal_(lin.weight, std=0.02)
         zero = [self.head_ada[1], self.head] + [b.ada[1] for b in self.blocks] + [b.cross.proj for b in self.blocks]
@@ -304,17 +308,22 @@ class PlainPolicyModel(Pretrained, nn.Module):
     # ---- observation ----
 
     def encode(self, images, state, text, text_mask):
-        """images (B, n_obs, 3, S, S) in [-1, 1], state (B, n_obs, D_s) normalised, text (B, N, D_text), text_mask
-        (B, N) bool -> memory (B, M, W), memory_mask (B, M) bool."""
+        """images (B, n_obs, V, 3, S, S) in [-1, 1] ((B, n_obs, 3, S, S) when V = 1), state (B, n_obs, D_s)
+        normalised, text (B, N, D_text), text_mask (B, N) bool -> memory (B, M, W), memory_mask (B, M) bool."""
         c = self.cfg
+        if images.ndim == 5 and c.num_views == 1:
+            images = images[:, :, None]
         B, T = images.shape[:2]
-        if T != c.n_obs or tuple(images.shape[2:]) != (3, c.image_size, c.image_size):
-            raise RepwamError(f"the plain policy takes images (B, {c.n_obs}, 3, {c.image_size}, {c.image_size}), "
-                              f"got {tuple(images.shape)}")
+        if images.ndim != 6 or T != c.n_obs or tuple(images.shape[2:]) != (c.num_views, 3, c.image_size, c.image_size):
+            raise RepwamError(f"the plain policy takes images (B, {c.n_obs}, {c.num_views}, 3, {c.image_size}, "
+                              f"{c.image_size}) (n_obs frames of {c.num_views} camera(s)), got {tuple(images.shape)}")
+        V = c.num_views
         age = self.frame_embed.to(images.dtype)
-        x = self.image_encoder(images.flatten(0, 1))  # (B·T, G, W)
-        x = (x + self.image_pos.to(x.dtype)).unflatten(0, (B, T)) + age[None, :, None]
-        tokens = [x.flatten(1, 2)]
+        x = self.image_encoder(images.flatten(0, 2))  # (B·T·V, G, W)
+        x = (x + self.image_pos.to(x.dtype)).unflatten(0, (B, T, V)) + age[None, :, None, None]
+        if self.view_embed is not None:
+            x = x + self.view_embed.to(x.dtype)[None, None, :, None]
+        tokens = [x.flatten(1, 3)]
         if self.state_embed is not None:
             tokens.append(self.state_embed(state.to(x.dtype)) + age[None])
         tokens.append(self.text_embed(text.to(x.dtype)) + self.text_type.to(x.dtype))
@@ -404,13 +413,17 @@ class PlainPolicy:
         self.model = model.eval().to(self.device)
         self.text = text
         self.execute, self.steps, self.seed = int(execute), int(steps or c.steps), int(seed)
-        self.camera = meta["camera"]
+        self.cameras = list(meta.get("cameras") or [meta["camera"]])
+        if len(self.cameras) != c.num_views:
+            raise RepwamError(f"{meta.get('path')}: config.json names cameras {self.cameras} for a model of "
+                              f"{c.num_views} view(s)")
+        self.camera = self.cameras[0]
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if c.state_dim else None
         self.metadata: dict[str, Any] = {
             "policy": "plain",
             "checkpoint": meta.get("path"),
-            "camera_keys": [self.camera],
+            "camera_keys": list(self.cameras),
             "image_size": c.image_size,
             "max_image_size": MAX_IMAGE_SIZE,
             "state_dim": c.state_dim,
@@ -445,7 +458,7 @@ class PlainPolicy:
             self._text_memo[instruction] = (emb[None].to(self.device), mask[None].to(self.device))
         self._episode = {
             "text": self._text_memo[instruction],
-            "frames": deque(maxlen=self.model.cfg.n_obs),  # (image (3, S, S), state (D_s,) or None)
+            "frames": deque(maxlen=self.model.cfg.n_obs),  # (images (V, 3, S, S), state (D_s,) or None)
             "queue": deque(),  # planned (unnormalised) actions still to execute
             "plans": 0,
             "generator": torch.Generator(self.device).manual_seed(self.seed),
@@ -457,7 +470,7 @@ class PlainPolicy:
             raise RepwamError("call reset(instruction) before infer: the policy needs the episode's instruction")
         obs = validate_observation(obs, self.metadata, strict=False)
         ep, c = self._episode, self.model.cfg
-        image = image_to_model(obs[self.camera], c.image_size)
+        image = torch.stack([image_to_model(obs[cam], c.image_size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
         if self.state_norm is not None:
             state = self.state_norm(np.asarray(obs["observation.state"], np.float32))
@@ -473,7 +486,7 @@ class PlainPolicy:
 
     def _plan(self) -> None:
         ep, c = self._episode, self.model.cfg
-        images = torch.stack([im for im, _ in ep["frames"]])[None].to(self.device)  # (1, n_obs, 3, S, S)
+        images = torch.stack([im for im, _ in ep["frames"]])[None].to(self.device)  # (1, n_obs, V, 3, S, S)
         if self.state_norm is not None:
             state = torch.stack([st for _, st in ep["frames"]])[None].to(self.device)  # (1, n_obs, D_s)
         else:

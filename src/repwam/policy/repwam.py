@@ -52,11 +52,13 @@ class RepWAMPolicy:
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if model.cfg.state_dim else None
         self.ell_norm = Normalizer.from_dict(meta["ell_stats"])
-        self.camera = meta["camera"]
+        # the views of the latents, in their token order (view-major); each is encoded with the same tokenizer
+        self.cameras = list(meta.get("cameras") or [meta["camera"]])
+        self.camera = self.cameras[0]
         self.metadata: dict[str, Any] = {
             "policy": "repwam",
             "checkpoint": meta.get("path"),
-            "camera_keys": [self.camera],
+            "camera_keys": list(self.cameras),
             "image_size": tokenizer.image_size,
             "max_image_size": 1024,
             "state_dim": model.cfg.state_dim,
@@ -99,7 +101,7 @@ class RepWAMPolicy:
         self._episode = {
             "instruction": instruction,
             "cache": self.model.new_cache(emb[None], mask[None]),
-            "stream": self.tokenizer.stream_encoder(1),
+            "stream": self.tokenizer.stream_encoder(len(self.cameras)),  # one stream row per view
             "frames": [],  # frames observed since the last latent frame
             "new_z": [],  # latent frames observed since the last plan
             "last_z": None,  # the latest latent frame in the history (for ℓ of the next one)
@@ -112,7 +114,8 @@ class RepWAMPolicy:
         }
 
     def _encode(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
-        image = image_to_model(obs[self.camera], self.tokenizer.image_size)  # (3, S, S)
+        size = self.tokenizer.image_size
+        image = torch.stack([image_to_model(obs[cam], size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
         if self.state_norm is not None:
             state = self.state_norm(np.asarray(obs["observation.state"], np.float32))
@@ -129,7 +132,7 @@ class RepWAMPolicy:
         tp = self.tokenizer.temporal_patch
         out: dict[str, np.ndarray] = {}
         if ep["t"] == 0:
-            z0 = ep["stream"].push(image[None, None])  # (1, L, d)
+            z0 = self._views_to_tokens(ep["stream"].push(image[:, None]))  # (1, V L, d)
             self.model.append(ep["cache"], z0[:, None], state=None if state is None else state[None, None])
             ep["last_z"] = z0
             ep["history"].append(z0[0])
@@ -137,7 +140,7 @@ class RepWAMPolicy:
         else:
             ep["frames"].append(image)
             if len(ep["frames"]) == tp:
-                z = ep["stream"].push(torch.stack(ep["frames"])[None])  # (1, L, d)
+                z = self._views_to_tokens(ep["stream"].push(torch.stack(ep["frames"], 1)))  # (1, V L, d)
                 ep["frames"] = []
                 ep["new_z"].append((z, state))
             if not ep["queue"]:  # the planned chunk is executed and observed: append it, plan the next
@@ -176,9 +179,20 @@ class RepWAMPolicy:
         ep["queue"] = list(robot.float().numpy())
         extra = {}
         if self.imagine and out.get("z") is not None:
-            dec = self.tokenizer.decode(torch.cat([ep["last_z"][:, None], out["z"]], 1))[0, 1:]  # (k·tp, 3, S, S)
-            extra["imagined"] = frames_from_model(dec).permute(0, 2, 3, 1).numpy()
+            z = torch.cat([ep["last_z"][:, None], out["z"]], 1)  # (1, 1+k, V L, d)
+            dec = self.tokenizer.decode(self._tokens_to_views(z))[:, 1:]  # (V, k·tp, 3, S, S)
+            views = frames_from_model(dec).permute(0, 1, 3, 4, 2).numpy()  # (V, k·tp, S, S, 3)
+            extra["imagined"] = np.concatenate(list(views), axis=2)  # (k·tp, S, V S, 3): views side by side
         return extra
+
+    def _views_to_tokens(self, z: torch.Tensor) -> torch.Tensor:
+        """Stream output (V, L, d), one row per view -> one latent frame (1, V L, d), view-major (as tokenize)."""
+        return z.reshape(1, -1, z.shape[-1])
+
+    def _tokens_to_views(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent frames (1, T', V L, d) -> (V, T', L, d), one decodable clip per view."""
+        V = len(self.cameras)
+        return z[0].reshape(z.shape[1], V, -1, z.shape[-1]).transpose(0, 1)
 
     def history_latents(self) -> list[torch.Tensor]:
         """The latent frames (L, d) appended to the history this episode, in order."""

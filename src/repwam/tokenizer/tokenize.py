@@ -76,17 +76,22 @@ def tokenizer_ref(model) -> dict:
 
 # ---------------------------------------------------------------------------------------- teacher features
 def teacher_cache(root: str | Path, teacher: Teacher, latent_grid: tuple[int, int], batch: int = 128,
-                  progress: bool = True) -> torch.Tensor:
-    """Teacher features of every frame of a dataset on the latent grid: (num_frames, L, C) float16.
+                  progress: bool = True, camera: str | None = None) -> torch.Tensor:
+    """Teacher features of every frame of one camera (default: the first) on the latent grid: (num_frames, L, C)
+    float16.
 
     Computed once and cached as safetensors shards (one per episode batch); an interrupted run resumes.
     """
     ds = LeRobotDataset(root)
+    camera = camera or ds.camera_keys[0]
+    if camera not in ds.camera_keys:
+        raise RepwamError(f"{ds.root} has no camera {camera!r}; it has {ds.camera_keys}")
     spec = teacher_spec(teacher)
     size = f"-in{spec['input_size']}" if spec.get("input_size") else ""
-    name = f"{spec['name']}-{spec.get('layer') or 'default'}{size}-{latent_grid[0]}x{latent_grid[1]}"
+    view = "" if camera == ds.camera_keys[0] else f"-{camera.removeprefix('observation.images.')}"
+    name = f"{spec['name']}-{spec.get('layer') or 'default'}{size}-{latent_grid[0]}x{latent_grid[1]}{view}"
     cache = ShardedCache(cache_dir(ds.root, "teacher", name))
-    meta = {"teacher": spec, "latent_grid": list(latent_grid), "num_frames": ds.num_frames, "camera": ds.camera_keys[0]}
+    meta = {"teacher": spec, "latent_grid": list(latent_grid), "num_frames": ds.num_frames, "camera": camera}
     with cache.lock():
         if not (cache.exists() and cache.meta == meta):
             done = cache.start(meta)
@@ -95,7 +100,7 @@ def teacher_cache(root: str | Path, teacher: Teacher, latent_grid: tuple[int, in
                               disable=not progress):
                 shard = {}
                 for e in todo[start : start + 8]:
-                    frames = torch.from_numpy(ds.episode_frames(e, ds.camera_keys[0])).permute(0, 3, 1, 2)
+                    frames = torch.from_numpy(ds.episode_frames(e, camera)).permute(0, 3, 1, 2)
                     feats = []
                     with torch.no_grad():
                         for i in range(0, len(frames), batch):
@@ -133,11 +138,31 @@ def encode_episode(model, frames_uint8: torch.Tensor) -> tuple[torch.Tensor, int
     return model.encode(frames_to_model(frames_uint8)[None])[0], n
 
 
+def latent_cameras(model, ds: LeRobotDataset) -> list[str]:
+    """The views a tokenizer's latents hold, in order: the cameras it was trained on (older checkpoints: the data's
+    first camera). A dataset without one of them is a clear error."""
+    cams = list(model.checkpoint_meta.get("cameras") or [ds.camera_keys[0]])
+    missing = [c for c in cams if c not in ds.camera_keys]
+    if missing:
+        raise RepwamError(f"the tokenizer was trained on cameras {cams} but {ds.root} has no {missing}; it has "
+                          f"{ds.camera_keys}")
+    return cams
+
+
+def multiview_grid(grid: tuple[int, int], num_views: int) -> tuple[int, int]:
+    """The latent grid of V views stacked as one taller grid: (V h, w). Tokens are view-major (view 0's h w first)."""
+    return (num_views * grid[0], grid[1])
+
+
 def tokenize_dataset(checkpoint: str | Path, root: str | Path, *, progress: bool = True,
                      episodes_per_shard: int = 16) -> ShardedCache:
-    """Encode every episode of `root` with the tokenizer at `checkpoint` into its latent cache (resumable)."""
+    """Encode every episode of `root` with the tokenizer at `checkpoint` into its latent cache (resumable).
+
+    With several cameras each view is encoded with the same weights and the views' tokens are concatenated per
+    latent frame, view-major: z (T', V L, d_v) on the grid (V h, w) (`multiview_grid`)."""
     model = load_tokenizer(checkpoint)
     ds = LeRobotDataset(root)
+    cams = latent_cameras(model, ds)
     stride = int(model.checkpoint_meta.get("frame_stride", 1))
     ref = tokenizer_ref(model)
     cache = latent_cache(root, ref["weights_hash"])
@@ -151,7 +176,9 @@ def tokenize_dataset(checkpoint: str | Path, root: str | Path, *, progress: bool
         "temporal_patch": model.cfg.temporal_patch,
         "num_episodes": ds.num_episodes,
         "num_frames": ds.num_frames,
-        "camera": ds.camera_keys[0],
+        "camera": cams[0],
+        "cameras": cams,
+        "latent_grid": list(multiview_grid(model.latent_grid, len(cams))),
     }
     if cache.exists() and _same(cache.meta, meta):
         return cache
@@ -165,9 +192,12 @@ def tokenize_dataset(checkpoint: str | Path, root: str | Path, *, progress: bool
                               unit=f"{episodes_per_shard} ep", disable=not progress):
                 shard = {}
                 for e in todo[start : start + episodes_per_shard]:
-                    frames = torch.from_numpy(ds.episode_frames(e, ds.camera_keys[0])[::stride]).permute(0, 3, 1, 2)
-                    z, n = encode_episode(model, frames)
-                    shard[f"episode_{e:06d}"] = z.float()
+                    views = []
+                    for cam in cams:
+                        frames = torch.from_numpy(ds.episode_frames(e, cam)[::stride]).permute(0, 3, 1, 2)
+                        z, n = encode_episode(model, frames)  # (T', L, d_v)
+                        views.append(z)
+                    shard[f"episode_{e:06d}"] = torch.cat(views, dim=1).float()  # (T', V L, d_v)
                     shard[f"valid_{e:06d}"] = torch.tensor([n])
                 cache.add_shard(shard)
         cache.finish()

@@ -51,8 +51,10 @@ class LATStage(Stage):
         self.val_set = LatentClips(data, h, clip_frames=2, split="val", **common)
         self.stats_set = LatentClips(data, h, clip_frames=2, split="train", **common)
         L, d = self.train_set.latent_shape
+        grid = self.train_set.meta.get("latent_grid")  # several views: one taller grid (V h, w)
         lat_cfg = LATConfig.preset(cfg.preset, latent_dim=d, num_tokens=L, action_dim=cfg.action_dim,
-                                   quantizer=cfg.quantizer, pool=cfg.pool, action_reg=cfg.action_reg)
+                                   quantizer=cfg.quantizer, pool=cfg.pool, action_reg=cfg.action_reg,
+                                   grid=tuple(grid) if grid else None)
         self.model = LatentActionTokenizer(lat_cfg)
         self.split = split_spec(self.train_set.datasets, cfg.val_fraction, cfg.split_seed)
 

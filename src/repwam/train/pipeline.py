@@ -40,6 +40,7 @@ ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain")
 @dataclass
 class PipelineConfig:
     tasks: str = "mt10"
+    cameras: str = "corner3"  # comma-separated Meta-World cameras: every stage then sees all of them
     episodes_per_task: int = 20  # demonstrations per task
     image_size: int = 64
     preset: str = "tiny"
@@ -82,7 +83,8 @@ class Pipeline:
     def __init__(self, out: str | Path, cfg: PipelineConfig):
         self.out, self.cfg = Path(out), cfg
         self.jobs: dict[str, Job] = {}
-        self.data = self.out / "data" / cfg.tasks.replace(",", "+")
+        views = "" if cfg.cameras == "corner3" else "@" + cfg.cameras.replace(",", "+")
+        self.data = self.out / "data" / (cfg.tasks.replace(",", "+") + views)
 
     # ------------------------------------------------------------------ building blocks
     def add(self, name: str, args: list[str], done: Path, needs: list[str] = (), max_cores: int = 1) -> str:
@@ -121,7 +123,8 @@ class Pipeline:
     def dataset(self) -> str:
         c = self.cfg
         return self.add("data", ["data", "generate", "--tasks", c.tasks, "--episodes-per-task", c.episodes_per_task,
-                                 "--image-size", c.image_size, "--out", self.data], self.data / "meta" / "info.json")
+                                 "--camera", c.cameras, "--image-size", c.image_size, "--out", self.data],
+                        self.data / "meta" / "info.json")
 
     def tokenizer(self, recipe: str) -> str:
         return self.train("tokenizer", f"tok_{recipe}", self.cfg.tok_steps,

@@ -39,7 +39,7 @@ VAL_BATCH = 64  # validation batch size (only speed depends on it)
 class PlainTrainConfig:
     preset: str = "tiny"
     encoder: str | None = None  # "vit" | "resnet"; None: the preset's
-    camera: str | None = None  # None: the first camera of the first dataset
+    cameras: tuple[str, ...] | None = None  # the views it sees at once (None: every camera of the first dataset)
     n_obs: int = 2  # frames observed per plan
     horizon: int = 16  # raw actions per chunk
     aug_shift: int = 4  # random-shift augmentation in pixels (0: off)
@@ -83,7 +83,7 @@ class PlainSamples(torch.utils.data.Dataset):
         action = self.actions[ep.start + np.minimum(steps, ep.length - 1)].copy()
         action[~mask] = 0.0
         return {
-            "frames": torch.from_numpy(self.clips.frames[obs]).permute(0, 3, 1, 2),  # (n_obs, 3, H, W) uint8
+            "frames": torch.from_numpy(self.clips.frames[obs]).movedim(-1, -3),  # (n_obs, V, 3, H, W) uint8
             "state": torch.from_numpy(self.states[obs]),
             "action": torch.from_numpy(action),
             "action_mask": torch.from_numpy(mask),
@@ -92,10 +92,12 @@ class PlainSamples(torch.utils.data.Dataset):
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """images (B, T, C, S, S) -> the same, each sample translated by up to `pad` pixels (edges replicated); every
-    frame of a sample moves alike."""
+    """images (B, T, [V,] C, S, S) -> the same, each sample translated by up to `pad` pixels (edges replicated); every
+    frame (and view) of a sample moves alike."""
     if pad <= 0:
         return images
+    if images.ndim == 6:
+        return random_shift(images.flatten(1, 2), pad, generator).view(images.shape)
     B, T, C, S, _ = images.shape
     padded = F.pad(images.flatten(1, 2), (pad,) * 4, mode="replicate")  # (B, T·C, S+2p, S+2p)
     dx, dy = torch.randint(0, 2 * pad + 1, (2, B), generator=generator)  # on the CPU: read back as offsets
@@ -108,8 +110,8 @@ class PlainStage(Stage):
 
     def __init__(self, cfg: PlainTrainConfig, data: list[str | Path], progress: bool = True):
         self.cfg, self.data = cfg, [str(d) for d in data]
-        common = dict(num_frames=1, frame_stride=1, camera=cfg.camera, val_fraction=cfg.val_fraction,
-                      split_seed=cfg.split_seed, progress=progress)
+        common = dict(num_frames=1, frame_stride=1, cameras=list(cfg.cameras) if cfg.cameras else "all",
+                      views="stacked", val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=progress)
         train_clips = ClipDataset(data, split="train", **common)
         val_clips = ClipDataset(data, split="val", **common) if cfg.val_fraction > 0 else None
         datasets = train_clips.datasets
@@ -126,12 +128,12 @@ class PlainStage(Stage):
                        text_index=self.text.index)
         self.train_set = PlainSamples(train_clips, **samples)
         self.val_set = PlainSamples(val_clips, **samples) if val_clips is not None else None
-        overrides = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, text_dim=encoder.dim,
+        overrides = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, text_dim=encoder.dim, num_views=len(train_clips.cameras),
                          state_dim=train_clips.states.shape[1], action_dim=train_clips.actions.shape[1])
         if cfg.encoder is not None:
             overrides["encoder"] = cfg.encoder
         self.model = PlainPolicyModel(PlainConfig.preset(cfg.preset, **overrides))
-        self.camera = train_clips.camera
+        self.cameras = train_clips.cameras
         self.split = split_spec(datasets, cfg.val_fraction, cfg.split_seed)
         self.device = torch.device("cpu")
 
@@ -148,7 +150,8 @@ class PlainStage(Stage):
         images = frames_to_model(batch["frames"])
         S = self.model.cfg.image_size
         if images.shape[-2:] != (S, S):
-            images = F.interpolate(images.flatten(0, 1), size=(S, S), mode="area").unflatten(0, images.shape[:2])
+            lead = images.shape[:-3]
+            images = F.interpolate(images.flatten(0, len(lead) - 1), size=(S, S), mode="area").unflatten(0, lead)
         if augment:  # from the global torch RNG, which the trainer saves: resume stays exact
             images = random_shift(images, self.cfg.aug_shift)
         return {**batch, "images": images}
@@ -182,7 +185,8 @@ class PlainStage(Stage):
 
     def checkpoint_meta(self, model):
         return {
-            "camera": self.camera,
+            "camera": self.cameras[0],
+            "cameras": self.cameras,
             "state_stats": self.state_norm.to_dict(),
             "action_stats": self.action_norm.to_dict(),
             "text_encoder": self.text_spec,

@@ -40,6 +40,8 @@ class TokenizerTrainConfig:
     clip_lengths: tuple[int, ...] = (5, 9, 13, 17)  # each batch takes one of these (all <= num_frames)
     attn_window: int | None = 3  # latent frames each latent frame attends to (itself included); encoding uses it too
     frame_stride: int = 1
+    # the views it learns, each clip one camera, every view with the same weights (None: every camera of the data)
+    cameras: tuple[str, ...] | None = None
     l1_weight: float = 1.0
     perceptual_weight: float = 1.0
     perceptual_frames: int | None = 1  # random frames per clip that get the perceptual term (None: all)
@@ -80,7 +82,8 @@ class TokenizerStage(Stage):
             raise RepwamError(f"clip_lengths {bad} are not 1 + {self.model.cfg.temporal_patch}k frames")
         self.grid = self.model.latent_grid
         common = dict(num_frames=cfg.num_frames, frame_stride=cfg.frame_stride, val_fraction=cfg.val_fraction,
-                      split_seed=cfg.split_seed, progress=progress)
+                      split_seed=cfg.split_seed, progress=progress,
+                      cameras=list(cfg.cameras) if cfg.cameras else "all", views="separate")
         self.train_set = ClipDataset(data, split="train", **common)
         self.val_set = ClipDataset(data, split="val", clip_step=8, **common)
         size = self.model.cfg.image_size
@@ -95,7 +98,8 @@ class TokenizerStage(Stage):
                                     ("input_size", cfg.teacher_input_size)) if v is not None}
             teacher = build_teacher(cfg.teacher, **kw)
             self.spec = teacher_spec(teacher)
-            feats = [teacher_cache(root, teacher, self.grid, progress=progress) for root in data]
+            feats = [{cam: teacher_cache(root, teacher, self.grid, progress=progress, camera=cam)
+                      for cam in self.train_set.cameras} for root in data]
             self.train_set.attach("teacher", feats)
             self.val_set.attach("teacher", feats)
             self.align_head = AlignHead(self.model.cfg.latent_dim, teacher.dim)
@@ -172,6 +176,7 @@ class TokenizerStage(Stage):
             "num_frames": cfg.num_frames,
             "clip_lengths": list(cfg.clip_lengths),
             "frame_stride": cfg.frame_stride,
+            "cameras": self.train_set.cameras,
             "align_weight": cfg.align_weight if cfg.aligned else 0.0,
             "data": self.data,
             "split": self.split,

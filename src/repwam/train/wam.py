@@ -104,7 +104,8 @@ class WAMStage(Stage):
         self.text_spec = encoder.spec()
         self.text = TextTable(self.train_set.instructions, encoder)
         L, d = self.train_set.latent_shape
-        grid = load_tokenizer(cfg.tokenizer).latent_grid
+        # several views: the latents' grid is the views' grids stacked, (V h, w) (older caches: the tokenizer's)
+        grid = self.train_set.z_meta.get("latent_grid") or load_tokenizer(cfg.tokenizer).latent_grid
         overrides = dict(latent_grid=tuple(grid), latent_dim=d, action_dim=len(self.train_set.ell_norm.mean),
                          text_dim=encoder.dim, attn_window=cfg.attn_window, use_latent_actions=cfg.use_latent_actions,
                          attn_backend=cfg.attn_backend)
@@ -172,6 +173,7 @@ class WAMStage(Stage):
             "text_encoder": self.text_spec,
             "ell_stats": self.train_set.ell_norm.to_dict(),
             "camera": self.train_set.z_meta["camera"],
+            "cameras": self.train_set.z_meta.get("cameras") or [self.train_set.z_meta["camera"]],
             "frame_stride": self.train_set.stride,
             "temporal_patch": self.train_set.tp,
             "clip_frames": self.cfg.clip_frames,

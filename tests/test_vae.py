@@ -201,3 +201,19 @@ def test_bad_inputs_raise_clear_errors(tiny):
         VAEConfig.from_dict({"tubelet": 8})
     with pytest.raises(RepwamError, match="patch_size must be >= 1"):
         VAEConfig(patch_size=0)
+
+
+def test_the_tokenizer_evaluation_takes_a_vae(tmp_path, tiny_dataset):
+    """The tokenizer table's row for the VAE: `repwam eval tokenizer` and the PSNR-by-index pass run on a VAE
+    checkpoint through the same code as for RepViTok."""
+    from repwam.eval.tokenizer import evaluate_tokenizer, format_table, psnr_by_index
+
+    vae = CausalVAE(VAEConfig.preset("tiny")).eval()
+    path = vae.save_pretrained(tmp_path / "vae", {"teacher": {"name": "none"}, "num_frames": 9, "frame_stride": 1,
+                                                  "align_weight": 0.0})
+    res = evaluate_tokenizer(path, [tiny_dataset], reference_teacher="none", val_fraction=0.34, max_train_clips=40,
+                             progress=False)
+    assert res["val_clips"] > 0 and 0 < res["psnr"] < 60 and set(res["state_probe_r2"]) >= {"hand", "mean"}
+    assert "vae" in format_table([res])
+    by = psnr_by_index(path, [tiny_dataset], max_index=2, max_episodes=2, progress=False)
+    assert len(by["psnr_by_index"]) == 3 and all(0 < v < 60 for v in by["psnr_by_index"])

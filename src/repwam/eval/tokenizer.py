@@ -45,8 +45,8 @@ def encode_split(model, ds: ClipDataset, grid, batch_size: int = 32, max_clips: 
     sample = None
     for batch in tqdm(loader, desc="encoding", unit="batch", disable=not progress, leave=False):
         x = frames_to_model(batch["frames"])
-        recon, z = model(x)  # (B, T, 3, H, W), (B, T', L, d)
-        recon = recon.clamp(-1, 1)
+        z = model.encode(x)  # (B, T', L, d): the latents later stages get (the VAE's normalised posterior mean)
+        recon = model.decode(z).float().clamp(-1, 1)  # (B, T, 3, H, W)
         a, b = (recon + 1) / 2, (x + 1) / 2
         psnr.append(clip_psnr(recon, x))
         ssims.append(ssim(a.flatten(0, 1), b.flatten(0, 1), data_range=1.0, size_average=False, win_size=7))

@@ -155,6 +155,9 @@ def test_eval_lat_table_and_transfer_picture(lat_ckpt, tiny_dataset, tmp_path):
     assert np.isfinite(ref["action_probe_r2_ridge"]) and ref["val_transitions"] == res["val_transitions"]
     table = format_table([res, res], [ref])
     assert "continuous 4-d" in table and "raw pair" in table and " 2 |" in table  # two runs -> one row, 2 seeds
+    assert f"{res['ell_std']:.2f} ± 0.00" in table  # the scale of ℓ, which the regulariser bounds
+    reg = {**res, "action_reg": 0.01}
+    assert len(format_table([res, reg]).splitlines()) == 4, "regulariser on and off are separate rows"
     pic = transfer_picture(lat_ckpt, tiny_dataset, tmp_path / "t.png", pairs=1, horizon=3)
     img = np.asarray(Image.open(pic))
     assert img.shape[0] == 3 * 64 * 2 and img.std() > 10

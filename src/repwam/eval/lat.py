@@ -194,19 +194,19 @@ def format_table(results: list[dict], references: list[dict] = ()) -> str:
     rows: dict[tuple, list[dict]] = {}
     for r in results:
         rows.setdefault((r["tokenizer"]["weights_hash"], r["quantizer"], r.get("action_reg", 0.0)), []).append(r)
-    lines = ["| features | latents (teacher) | ℓ | ℓ reg | seeds | fwd / copy-last ↓ | action R² (MLP) ↑ | action R² (ridge) ↑ |",
-             "|" + "---|" * 8]
+    lines = ["| features | latents (teacher) | ℓ | ℓ reg | seeds | ℓ std | fwd / copy-last ↓ | action R² (MLP) ↑ | "
+             "action R² (ridge) ↑ |", "|" + "---|" * 9]
     for (h, quant, reg), rs in rows.items():
         ell = f"{quant} ({rs[0]['action_dim']}-d)" if quant else f"continuous {rs[0]['action_dim']}-d"
         lines.append(
             f"| ℓ from LAT | {run_name(rs[0]['tokenizer']['path'])} ({rs[0]['teacher']}) | {ell} | {reg:g} | {len(rs)} | "
-            f"{_pm([r['fwd_over_copy'] for r in rs], 3)} | {_pm([r.get('action_probe_r2_mlp') for r in rs], 3)} | "
+            f"{_pm([r.get('ell_std') for r in rs], 2)} | {_pm([r['fwd_over_copy'] for r in rs], 3)} | {_pm([r.get('action_probe_r2_mlp') for r in rs], 3)} | "
             f"{_pm([r.get('action_probe_r2_ridge') for r in rs], 3)} |"
         )
     names = {r["tokenizer"]["weights_hash"]: run_name(r["tokenizer"]["path"]) for r in results}
     for ref in references:
         lines.append(
             f"| {ref['features']} | {names.get(ref['tokenizer_hash'], ref['tokenizer_hash'])} ({ref['teacher']}) | — | — | "
-            f"— | — | {ref['action_probe_r2_mlp']:.3f} | {ref['action_probe_r2_ridge']:.3f} |"
+            f"— | — | — | {ref['action_probe_r2_mlp']:.3f} | {ref['action_probe_r2_ridge']:.3f} |"
         )
     return "\n".join(lines)

@@ -142,7 +142,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.cameras = [c if c.startswith("observation.images.") else f"observation.images.{c}" for c in cameras]
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise RepwamError(f"cameras must be distinct and at least one, got {self.cameras}")
-        self.camera, self.views = self.cameras[0], views
+        self.camera = self.cameras[0]
         self.stacked = views == "stacked"
         for ds in self.datasets:
             missing = [c for c in self.cameras if c not in ds.camera_keys]
@@ -173,30 +173,33 @@ class ClipDataset(torch.utils.data.Dataset):
         self.episodes: list[_Episode] = []
         frames, actions, states, env_states = [], [], [], []
         row = 0
-        slots = [(d, e, cam) for d, e in pairs for cam in ([""] if self.stacked else self.cameras)]
-        for d, e, cam in tqdm(slots, desc="decoding episodes", unit="ep", disable=not progress):
+        views = [""] if self.stacked else self.cameras  # one slot per episode, or per (episode, camera)
+        for d, e in tqdm(pairs, desc="decoding episodes", unit="ep", disable=not progress):
             ds = self.datasets[d]
-            data = ds.episode_data(e)
-            if self.stacked:  # (T, V, H, W, 3)
-                video = np.stack([ds.episode_frames(e, c) for c in self.cameras], axis=1)
-            else:  # (T, H, W, 3)
-                video = ds.episode_frames(e, cam)
-            n = len(video)
-            self.episodes.append(_Episode(d, e, row, n, ds.episode_task(e), int(ds.episodes[e]["dataset_from_index"]), cam))
-            frames.append(video)
-            if "action" in data:
-                actions.append(np.asarray(data["action"], np.float32).reshape(n, -1))
-            if "observation.state" in data:
-                states.append(np.asarray(data["observation.state"], np.float32).reshape(n, -1))
-            if "observation.environment_state" in data:
-                env_states.append(np.asarray(data["observation.environment_state"], np.float32).reshape(n, -1))
-            row += n
+            data = ds.episode_data(e)  # read once for all of the episode's views
+            for cam in views:
+                if self.stacked:  # (T, V, H, W, 3)
+                    video = np.stack([ds.episode_frames(e, c) for c in self.cameras], axis=1)
+                else:  # (T, H, W, 3)
+                    video = ds.episode_frames(e, cam)
+                n = len(video)
+                self.episodes.append(_Episode(d, e, row, n, ds.episode_task(e), int(ds.episodes[e]["dataset_from_index"]),
+                                              cam))
+                frames.append(video)
+                if "action" in data:
+                    actions.append(np.asarray(data["action"], np.float32).reshape(n, -1))
+                if "observation.state" in data:
+                    states.append(np.asarray(data["observation.state"], np.float32).reshape(n, -1))
+                if "observation.environment_state" in data:
+                    env_states.append(np.asarray(data["observation.environment_state"], np.float32).reshape(n, -1))
+                row += n
         self.frames = np.concatenate(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)  # (N, [V,] H, W, 3)
         total = len(self.frames)
         # a feature is used only when every selected episode has it
-        self.actions = np.concatenate(actions) if len(actions) == len(slots) and slots else None
-        self.states = np.concatenate(states) if len(states) == len(slots) and slots else None
-        self.env_states = np.concatenate(env_states) if len(env_states) == len(slots) and slots else None
+        slots = len(self.episodes)
+        self.actions = np.concatenate(actions) if len(actions) == slots and slots else None
+        self.states = np.concatenate(states) if len(states) == slots and slots else None
+        self.env_states = np.concatenate(env_states) if len(env_states) == slots and slots else None
         for arr in (self.actions, self.states, self.env_states):
             assert arr is None or len(arr) == total
 

@@ -181,9 +181,10 @@ def rollout_expert(env: MetaWorldEnv, seed: int, *, steps_after_success: int = 8
             break
         if res.truncated:
             break
+    images = {cam: np.stack([f[cam] for f in frames]) for cam in env.cameras}  # each (T, H, W, 3) uint8
     return {
-        "images": {cam: np.stack([f[cam] for f in frames]) for cam in env.cameras},  # each (T, H, W, 3) uint8
-        "image": np.stack([f[env.camera] for f in frames]),  # the first camera's
+        "images": images,
+        "image": images[env.camera],  # the first camera's (the same array)
         "state": np.asarray(states, np.float32),  # (T, 4)
         "env_state": np.asarray(full, np.float32),  # (T, 39)
         "action": np.asarray(actions, np.float32),  # (T, 4)

@@ -253,7 +253,7 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
     views, imagined, infer_ms = [], [], []
     success, steps = False, max_steps
     for t in range(max_steps):
-        images = {cam: env.render(cam) for cam in env_cfg["cameras"]}
+        images = env.render_all()  # the env was built with env_cfg["cameras"]
         observation: dict[str, Any] = {f"{IMAGE_PREFIX}{cam}": im for cam, im in images.items()}
         observation["observation.state"] = obs[: len(STATE_NAMES)].astype(np.float32)
         observation[ENV_STATE_KEY] = obs.astype(np.float32)

@@ -417,7 +417,6 @@ class PlainPolicy:
         if len(self.cameras) != c.num_views:
             raise RepwamError(f"{meta.get('path')}: config.json names cameras {self.cameras} for a model of "
                               f"{c.num_views} view(s)")
-        self.camera = self.cameras[0]
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if c.state_dim else None
         self.metadata: dict[str, Any] = {

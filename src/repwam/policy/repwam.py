@@ -54,7 +54,6 @@ class RepWAMPolicy:
         self.ell_norm = Normalizer.from_dict(meta["ell_stats"])
         # the views of the latents, in their token order (view-major); each is encoded with the same tokenizer
         self.cameras = list(meta.get("cameras") or [meta["camera"]])
-        self.camera = self.cameras[0]
         self.metadata: dict[str, Any] = {
             "policy": "repwam",
             "checkpoint": meta.get("path"),

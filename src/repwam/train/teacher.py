@@ -19,7 +19,8 @@ import torch
 from repwam.data.dataset import split_episodes, split_spec
 from repwam.data.lerobot import LeRobotDataset
 from repwam.errors import RepwamError
-from repwam.eval.probes import STATE_GROUPS
+from repwam.data.transforms import frames_to_model
+from repwam.eval.probes import STATE_GROUPS, grouped_r2
 from repwam.tokenizer.teachers.privileged import PrivilegedEncoder
 
 ENV_STATE = "observation.environment_state"
@@ -54,15 +55,13 @@ def fit_privileged_teacher(data: list[str | Path], out: str | Path, *, steps: in
     x_val, y_val = _gather(datasets, val, frame_stride)
     model = PrivilegedEncoder.fit(x_train, y_train, steps=steps, batch_size=batch_size, seed=seed, progress=progress)
     with torch.no_grad():
-        pred = torch.cat([model(torch.from_numpy(x_val[i : i + 256]).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+        pred = torch.cat([model(frames_to_model(torch.from_numpy(x_val[i : i + 256]).permute(0, 3, 1, 2)))
                           for i in range(0, len(x_val), 256)]).numpy()
     ss_res = ((pred - y_val) ** 2).sum(0)
     ss_tot = ((y_val - y_val.mean(0)) ** 2).sum(0).clip(1e-12)
     r2 = 1.0 - ss_res / ss_tot  # per target column
-    at, groups = 0, {}
-    for name, cols in STATE_GROUPS.items():
-        groups[name] = float(r2[at : at + len(cols)].mean())
-        at += len(cols)
+    groups = grouped_r2(r2, STATE_GROUPS, TARGET_COLUMNS)
+    groups.pop("mean")  # the report's mean is over the groups, as printed
     report = {"steps": steps, "batch_size": batch_size, "frame_stride": frame_stride, "seed": seed,
               "target_columns": TARGET_COLUMNS, "train_frames": int(len(x_train)), "val_frames": int(len(x_val)),
               "val_r2": groups, "val_r2_mean": float(np.mean(list(groups.values()))),

@@ -115,6 +115,48 @@ def test_stream_equals_whole_clip_encode(tiny):
     assert torch.allclose(stream.push(x[:, 0]), whole[:, 0], atol=1e-5)
 
 
+# ---- the context window ----
+
+
+def test_context_window_bounds_what_a_latent_frame_sees(tiny):
+    """With W = 3, latent frame i >= 3 is the last latent frame of the 9-frame clip ending at it (a training-length
+    clip), so frames before that clip never reach it; without the window the receptive field runs much further."""
+    assert tiny.cfg.context_window == 3
+    x = clip(1, 25, seed=5)  # 7 latent frames
+    unbounded = CausalVAE(VAEConfig.preset("tiny", context_window=None)).eval()
+    unbounded.load_state_dict(tiny.state_dict())
+    with torch.no_grad():
+        z = tiny.encode(x)
+        assert z.shape == (1, 7, 64, 32)
+        assert torch.allclose(z[:, :3], tiny.encode(x[:, :9]), atol=1e-5)  # one pass over the first W latent frames
+        for i in range(3, 7):  # frames 4(i-2) .. 4i, encoded as a clip of their own
+            assert torch.allclose(z[:, i], tiny.encode(x[:, 4 * (i - 2) : 4 * i + 1])[:, -1], atol=1e-5), i
+        x2 = x.clone()
+        x2[:, :8] = clip(1, 8, seed=6)  # frames 0..7: before latent frame 4's window (frames 8..16)
+        diff = (tiny.encode(x2) - z).abs().amax(dim=(0, 2, 3))
+        assert (diff[4:] == 0).all() and (diff[:3] > CHANGED).all()
+        diff_unbounded = (unbounded.encode(x2) - unbounded.encode(x)).abs().amax(dim=(0, 2, 3))
+        assert (diff_unbounded[4:] > CHANGED).all()  # the plain one-pass VAE still sees them
+
+
+def test_windowed_decode_and_stream(tiny):
+    z = torch.randn(2, 6, 64, 32, generator=torch.Generator().manual_seed(7))
+    x = clip(2, 29, seed=8)  # 8 latent frames
+    with torch.no_grad():
+        r = tiny.decode(z)
+        assert r.shape == (2, 21, 3, 64, 64)
+        assert torch.allclose(r[:, :9], tiny.decode(z[:, :3]), atol=1e-5)
+        for i in range(3, 6):  # latent frame i decodes to frames 4i-3 .. 4i from latents i-2 .. i only
+            assert torch.allclose(r[:, 4 * i - 3 : 4 * i + 1], tiny.decode(z[:, i - 2 : i + 1])[:, -4:], atol=1e-5)
+        whole = tiny.encode(x)
+        stream = tiny.stream_encoder(2)
+        zs = [stream.push(x[:, :1])] + [stream.push(x[:, i : i + 4]) for i in range(1, 29, 4)]
+        assert stream.frames.shape[1] == 9  # the stream keeps one window of raw frames, however long it runs
+    assert torch.allclose(torch.stack(zs, dim=1), whole, atol=1e-5)
+    with pytest.raises(RepwamError, match="context_window must be >= 1"):
+        VAEConfig.preset("tiny", context_window=0)
+
+
 # ---- KL and latent statistics ----
 
 

@@ -20,10 +20,21 @@ frame i seeing frames <= 4i (it covers frames 4i-3 .. 4i). GroupNorm is taken pe
 space), never across time, so its statistics cannot carry the future backwards either. The decoder mirrors
 this: a temporal upsampling step keeps frame 0 as one frame and turns every later frame into two.
 
+Context window. The stacked causal convolutions see far back: in `tiny` the encoder's receptive field is 76 raw
+frames (~19 latent frames) and the decoder's is as long, while training clips have at most 5 latent frames. So
+late in a whole episode a one-pass encode hands every layer real history where training only ever had zero
+padding, and decodes degrade (measured: 22.9 dB at latent index 1-2, 18.5 dB from index 8 on). With
+`context_window = W` (latent frames; RepViTok's attention window plays the same role), `encode` and `decode`
+compute latent frame i >= W from the W latent frames ending at i only (raw frames 4(i-W+1) .. 4i, a clip of
+1 + 4(W-1) frames exactly like a training clip), taking that window's last latent frame (or its last 4 decoded
+frames); frames before index W come from one pass over the start, as in training. `forward` and `encode_dist`
+(training) take whole clips. None keeps the plain one-pass behaviour.
+
 Streaming. Because every temporal operation is a causal convolution, the encoder can run chunk by chunk
 (the first frame, then each group of 4 frames) if each CausalConv3d remembers the last few input frames of
 the previous chunk in place of its zero padding (WAN's feature cache): `model.stream_encoder(B).push(...)`
-gives exactly `encode`'s latent frames with constant memory.
+gives exactly `encode`'s latent frames with constant memory. With a context window the stream keeps the last
+1 + 4(W-1) raw frames instead and encodes them at each push (the window's last latent frame).
 
 KL. The encoder outputs a diagonal Gaussian; `encode` returns its mean (deterministic, what downstream stages
 use), `encode_dist` the distribution for training. The loss is mean-L1 (+ perceptual, from
@@ -70,6 +81,9 @@ class VAEConfig(ModelConfig):
     num_res_blocks: int = 1  # ResBlocks per encoder level (the decoder has one more, as in LDM / WAN)
     norm_groups: int = 8
     kl_weight: float = 1e-4  # weight of the per-element mean KL next to the per-pixel mean L1
+    # latent frames of context `encode` / `decode` give each latent frame (None: one pass over the whole video);
+    # at most the longest training clip's latent frames, so that every window is a context seen in training
+    context_window: int | None = None
 
     def __post_init__(self):
         self.channel_mult, self.temporal_down = tuple(self.channel_mult), tuple(self.temporal_down)
@@ -84,6 +98,8 @@ class VAEConfig(ModelConfig):
             raise RepwamError(
                 f"image_size={self.image_size} is not a multiple of the spatial compression {self.spatial_compression}"
             )
+        if self.context_window is not None and self.context_window < 1:
+            raise RepwamError(f"context_window must be >= 1 latent frame or None, got {self.context_window}")
         for c in [self.base_channels * m for m in self.channel_mult]:
             if c % self.norm_groups:
                 raise RepwamError(f"channel width {c} is not divisible by norm_groups={self.norm_groups}")
@@ -116,12 +132,14 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     # input (as WAN2.2's VAE) instead of a full-resolution level: ~4x fewer FLOPs, which is what makes a conv VAE
     # trainable on a CPU at all (the full-resolution variant, patch_size=1 with channel_mult (1, 2, 2, 2), took
     # 21 s per bf16 step of 16 x 17 frames on one thread against RepViTok's 1.2 s)
+    # context_window 3: the tiny RepViTok's attention window (its clips of 2-5 latent frames all contain it)
     "tiny": VAEConfig(image_size=64, latent_dim=32, patch_size=2, base_channels=24, channel_mult=(1, 2, 2),
-                      temporal_down=(True, True)),
+                      temporal_down=(True, True), context_window=3),
     # beside RepViTok "small" (30M): 128x128 -> 16x16 grid, d_v = 64; WAN's level widths (1, 2, 4, 4) and
     # 2 ResBlocks per level (34M params)
     "small": VAEConfig(
-        image_size=128, latent_dim=64, base_channels=48, channel_mult=(1, 2, 4, 4), num_res_blocks=2, norm_groups=16
+        image_size=128, latent_dim=64, base_channels=48, channel_mult=(1, 2, 4, 4), num_res_blocks=2, norm_groups=16,
+        context_window=3,
     ),
 }
 
@@ -329,6 +347,36 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
         self.num_latent_frames(frames.shape[1])
         return frames
 
+    # ---- context window ----
+
+    def _windows(self, x: torch.Tensor, step: int, first: int) -> torch.Tensor:
+        """(B, N, ...) -> (B * n, first + step (W-1), ...): the windows of W latent frames ending at latent frames
+        W .. n + W - 1, where latent frame i spans items [0, first) for i = 0 and first + step (i-1) .. first + step i - 1."""
+        W = self.cfg.context_window
+        size = first + step * (W - 1)
+        win = x.unfold(1, size, step)[:, 1:]  # (B, n, ..., size): windows starting at latent frames 1 .. n
+        win = win.movedim(-1, 2)  # (B, n, size, ...)
+        return win.flatten(0, 1)
+
+    def _windowed(self, fn, x: torch.Tensor, step: int, first: int, out_step: int, out_first: int) -> torch.Tensor:
+        """Run `fn` (a causal map from (B, N, ...) to (B, N_out, ...), latent frame i of the input giving items
+        [out_first + out_step (i-1), out_first + out_step i) of the output) with the context window: one pass
+        over the first W latent frames, then each later latent frame from the W latent frames ending at it."""
+        W, n_lat = self.cfg.context_window, 1 + (x.shape[1] - first) // step
+        if W is None or n_lat <= W:
+            return fn(x)
+        head = fn(x[:, : first + step * (W - 1)])
+        B = x.shape[0]
+        tail = fn(self._windows(x, step, first))[:, -out_step:]  # (B * n, out_step, ...)
+        tail = tail.reshape(B, -1, *tail.shape[2:])
+        return torch.cat([head, tail], dim=1)
+
+    def _encode_mean(self, frames: torch.Tensor) -> torch.Tensor:
+        """Posterior means (raw units) (B, T', L, d_v) under the context window."""
+        frames = self._check_frames(frames)
+        p = self.temporal_patch
+        return self._windowed(lambda f: self.encode_dist(f).mean, frames, p, 1, 1, 1)
+
     # ---- latent units ----
 
     def _to_tokens(self, h: torch.Tensor) -> torch.Tensor:
@@ -346,7 +394,7 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
         so that `encode` gives ~zero-mean, unit-variance latents. Call after training, before saving."""
         n, s1, s2 = 0, 0.0, 0.0
         for frames in clips:
-            mean = self.encode_dist(frames).mean.double().flatten(0, 2)  # (N, d_v)
+            mean = self._encode_mean(frames).double().flatten(0, 2)  # (N, d_v)
             n, s1, s2 = n + mean.shape[0], s1 + mean.sum(0), s2 + mean.square().sum(0)
         if n == 0:
             raise RepwamError("fit_latent_stats got no clips")
@@ -366,8 +414,9 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
         return DiagonalGaussian(mean, logvar.clamp(*LOGVAR_RANGE))
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """frames (B, T, 3, H, W) in [-1, 1], T = 1 + 4k -> z (B, T', L, d_v): the normalised posterior mean."""
-        return self.normalize(self.encode_dist(frames).mean)
+        """frames (B, T, 3, H, W) in [-1, 1], T = 1 + 4k -> z (B, T', L, d_v): the normalised posterior mean
+        (under the context window)."""
+        return self.normalize(self._encode_mean(frames))
 
     def _decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
         h, w = self.latent_grid
@@ -379,7 +428,8 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
         L, dv = self.tokens_per_frame, self.latent_dim
         if z.ndim != 4 or tuple(z.shape[2:]) != (L, dv) or z.shape[1] < 1:
             raise RepwamError(f"got latents of shape {tuple(z.shape)}; the decoder accepts (B, T', {L}, {dv})")
-        return self._decode_raw(self.denormalize(z))
+        p = self.temporal_patch
+        return self._windowed(self._decode_raw, self.denormalize(z), 1, 1, p, 1)
 
     def forward(self, frames: torch.Tensor, sample: bool | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
         """frames -> (recon (B, T, 3, H, W), posterior). The decoder sees a posterior sample when `sample`
@@ -402,18 +452,25 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
 
 class VAEEncoderStream(EncoderStream):
     """CausalVAE's stream: each CausalConv3d keeps the last kt - stride_t input frames of the previous chunk
-    (at most 2 frames per convolution), so memory is constant however long the stream runs."""
+    (at most 2 frames per convolution), so memory is constant however long the stream runs. With a context
+    window W it keeps the last 1 + 4(W-1) raw frames instead and encodes that window at every push."""
 
     def __init__(self, model: CausalVAE, batch_size: int):
         super().__init__(model, batch_size)
         self.cache: dict = {}
+        self.frames: torch.Tensor | None = None  # (B, <= 1 + 4(W-1), C, H, W) with a context window
 
     def reset(self):
         super().reset()
-        self.cache = {}
+        self.cache, self.frames = {}, None
 
     def _step(self, frames):
         m = self.tokenizer
+        W = m.cfg.context_window
+        if W is not None:
+            keep = 1 + m.temporal_patch * (W - 1)
+            self.frames = frames if self.frames is None else torch.cat([self.frames, frames], dim=1)[:, -keep:]
+            return m.normalize(m.encode_dist(self.frames).mean[:, -1])  # (B, L, d_v)
         h = m.encoder(rearrange(frames, "b t c h w -> b c t h w"), self.cache)  # (B, 2 d_v, 1, h, w)
         mean = m._to_tokens(h)[:, 0].chunk(2, dim=-1)[0]
         return m.normalize(mean)  # (B, L, d_v)

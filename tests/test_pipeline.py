@@ -44,6 +44,22 @@ def test_jobs_run_after_what_they_need_and_finished_ones_are_skipped(tmp_path):
     assert order2 == ["d"] and p2.wall_seconds() >= first_wall
 
 
+def test_jobs_only_finished_jobs_need_are_skipped(tmp_path):
+    """Results copied in from an earlier sitting (d's proof) make the jobs that only d needs unnecessary; a job
+    another unfinished job still needs runs."""
+    p, order = fake_pipeline(tmp_path / "x")
+    (p.out).mkdir(parents=True)
+    (p.out / "d.done").write_text("copied in")
+    assert p.pending() == [] and p.run(progress=False) == {} and order == []
+    graph = (("a", []), ("b", ["a"]), ("c", ["a"]), ("d", ["b"]), ("e", ["c"]))
+    p, order = fake_pipeline(tmp_path / "y", graph=graph)
+    (p.out).mkdir(parents=True)
+    (p.out / "d.done").write_text("copied in")
+    assert p.pending() == ["a", "c", "e"]
+    p.run(progress=False)
+    assert order == ["a", "c", "e"] and not (p.out / "b.done").exists()
+
+
 def test_a_failure_stops_what_depends_on_it_and_is_raised(tmp_path):
     p, order = fake_pipeline(tmp_path, fail={"b"})
     with pytest.raises(RepwamError, match="job b failed"):

@@ -177,13 +177,14 @@ def format_table(results: list[dict]) -> str:
 
 @torch.no_grad()
 def psnr_by_index(checkpoint: str | Path, data: list[str | Path], *, max_index: int = 8, max_episodes: int | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, overrides: dict | None = None) -> dict:
     """Decoded PSNR by latent-frame index over whole held-out episodes, encoded and decoded in one causal pass each
     (the way `repwam tokenize` encodes them). Index j covers raw frame 0 (j = 0) or frames 4j-3 .. 4j; indices
-    >= max_index are pooled into one bucket. Only real (unpadded) frames count."""
+    >= max_index are pooled into one bucket. Only real (unpadded) frames count. `overrides`: config fields to load
+    the checkpoint with (e.g. {"context_window": None} to see the video VAE without its window)."""
     from repwam.data.dataset import split_episodes
 
-    model = load_tokenizer(checkpoint)
+    model = load_tokenizer(checkpoint, **(overrides or {}))
     meta = model.checkpoint_meta
     split = meta.get("split", {})
     stride, tp = int(meta.get("frame_stride", 1)), model.cfg.temporal_patch
@@ -204,7 +205,8 @@ def psnr_by_index(checkpoint: str | Path, data: list[str | Path], *, max_index: 
         np.add.at(counts, index, 1)
     by_index = (sums / np.maximum(counts, 1)).tolist()
     return {"checkpoint": str(checkpoint), "teacher": (meta.get("teacher") or {}).get("name", "none"),
-            "attn_window": getattr(model.cfg, "attn_window", None), "episodes": len(pairs),
+            "attn_window": getattr(model.cfg, "attn_window", getattr(model.cfg, "context_window", None)),
+            "episodes": len(pairs),
             "psnr_by_index": by_index, "frames_by_index": counts.astype(int).tolist(),
             "max_drop_after_1_db": float(by_index[1] - min(by_index[2:])) if max_index >= 2 else None}
 

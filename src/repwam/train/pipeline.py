@@ -222,12 +222,29 @@ class Pipeline:
         tmp.write_text(json.dumps({**self.timings(), name: round(seconds, 1)}, indent=1))
         os.replace(tmp, f)
 
+    def pending(self) -> list[str]:
+        """The jobs that must run: those whose proof is missing and that some unfinished job downstream (or the
+        user: a job nothing needs) still waits on. A job only finished jobs need is skipped, so results copied in
+        (`<out>/eval/<run>/results.json` from an earlier sitting) need none of the runs that made them."""
+        users: dict[str, list[str]] = {n: [] for n in self.jobs}
+        for n, j in self.jobs.items():
+            for d in j.needs:
+                users[d].append(n)
+        memo: dict[str, bool] = {}
+
+        def needed(n: str) -> bool:
+            if n not in memo:
+                memo[n] = not self.jobs[n].done.exists() and (not users[n] or any(needed(u) for u in users[n]))
+            return memo[n]
+
+        return [n for n in self.jobs if needed(n)]
+
     def run(self, progress: bool = True) -> dict[str, float]:
         """Run every job whose proof is missing, `cfg.jobs` at a time in dependency order; returns seconds per job
         run now. The first failure stops new jobs (running ones finish) and is raised."""
         t0 = time.time()
-        todo = {n: j for n, j in self.jobs.items() if not j.done.exists()}
-        finished = {n for n, j in self.jobs.items() if j.done.exists()}
+        todo = {n: self.jobs[n] for n in self.pending()}
+        finished = set(self.jobs) - set(todo)
         times: dict[str, float] = {}
         bar = tqdm(total=len(self.jobs), initial=len(finished), desc="pipeline", unit="job", disable=not progress)
         running: dict[Future, str] = {}

@@ -116,5 +116,9 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert ev[ev.index("--workers") + 1] == "2" and ev[ev.index("--seed") + 1] == "0"
     with pytest.raises(RepwamError, match="unknown ablation rows"):
         ablation(tmp_path, cfg, ["nope"], [0])
+    # no_state: adapts repwam's own pretraining without the state token
+    ns = ablation(tmp_path / "ns", cfg, ["repwam", "no_state"], [0]).jobs
+    assert ns["train-wam_no_state_s0"].needs == ["train-wampre_repwam_s0"] and "train-wampre_no_state_s0" not in ns
+    assert "--no-use-state" in ns["train-wam_no_state_s0"].args and "--no-use-state" not in ns["train-wam_repwam_s0"].args
     d = demo(tmp_path / "demo", DEMO)
     assert {"eval-wam_repwam_s0", "eval-plain_plain_s0", "eval-tokenizer", "eval-lat", "eval-wam"} <= set(d.jobs)

@@ -14,6 +14,7 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     vae          the same on the conventional causal 3-D conv video VAE (the paper's WAN2.2-VAE row)
     no_ell       aligned tokenizer -> WAM pretrain on z only (no ℓ stream) -> adapt
     joint        aligned tokenizer -> LAT -> one stage: z + ℓ + robot actions from scratch
+    no_state     repwam without the proprioceptive-state token in adaptation (shares repwam's pretraining)
     plain        the image-to-action-chunk baseline (same flow-matching head, state and language inputs)
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from repwam.errors import RepwamError
 
-ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain")
+ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state")
 
 
 @dataclass
@@ -159,10 +160,12 @@ class Pipeline:
                              share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []
-        pre = self.train("wam", f"wampre_{tag}", c.wam_steps, [*models, *no_ell], [lat], seed)
+        no_state = ["--no-use-state"] if row == "no_state" else []
+        pre_run = f"wampre_repwam_s{seed}" if row == "no_state" else f"wampre_{tag}"  # the same pretraining
+        pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
-                           ["--recipe", "adapt", "--init", self.ckpt(f"wampre_{tag}"), *models, *no_ell], [pre], seed,
-                           share="adapt")
+                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state], [pre],
+                           seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 
     def inspect(self, tok_recipe: str, wam_run: str) -> list[str]:

@@ -122,3 +122,31 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert "--no-use-state" in ns["train-wam_no_state_s0"].args and "--no-use-state" not in ns["train-wam_repwam_s0"].args
     d = demo(tmp_path / "demo", DEMO)
     assert {"eval-wam_repwam_s0", "eval-plain_plain_s0", "eval-tokenizer", "eval-lat", "eval-wam"} <= set(d.jobs)
+
+
+def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):
+    import json
+
+    from repwam.train.pipeline import ablation_summary, ablation_table, plot_ablation
+
+    def result(run, rates, n=10):
+        f = tmp_path / "eval" / run / "results.json"
+        f.parent.mkdir(parents=True)
+        tasks = {t: {"success_rate": r, "successes": round(r * n), "episodes": n} for t, r in rates.items()}
+        s = sum(v["successes"] for v in tasks.values())
+        f.write_text(json.dumps({"tasks": tasks, "mean": {"success_rate": sum(rates.values()) / len(rates),
+                                                          "successes": s, "episodes": n * len(rates)}}))
+
+    result("wam_repwam_s0", {"reach-v3": 0.2, "push-v3": 0.4})
+    result("wam_repwam_s1", {"reach-v3": 0.4, "push-v3": 0.6})
+    result("plain_plain_s0", {"reach-v3": 0.1, "push-v3": 0.1})
+    summary = ablation_summary(tmp_path, ["repwam", "plain", "joint"], [0, 1, 2])
+    assert list(summary) == ["repwam", "plain"] and list(summary["repwam"]) == ["0", "1"]
+    assert summary["repwam"]["1"] == {"mean": 0.5, "successes": 10, "episodes": 20,
+                                      "tasks": {"reach-v3": 0.4, "push-v3": 0.6}}
+    table = ablation_table(json.loads(json.dumps(summary))).splitlines()  # survives a JSON round trip (committed)
+    assert table[0].startswith("| row | seeds | mean success") and table[0].endswith("| reach | push |")
+    assert table[2].startswith("| repwam | 2 | 0.400 ± 0.141 | 16/40 (") and table[2].endswith("| 0.30 | 0.50 |")
+    assert table[3].startswith("| plain | 1 | 0.100 | 2/20 (")
+    assert plot_ablation(summary, tmp_path / "a.png").stat().st_size > 1000
+    assert ablation_table({}) == "(no finished (row, seed) yet)"

@@ -330,7 +330,7 @@ def eval_policy_cmd(
 def ablate_cmd(ctx: typer.Context):
     """Train and evaluate every ablation row for several seeds (resumable: a rerun runs only what is missing),
     then write the table, the bar plot and per-task success. Options: `repwam ablate --help`."""
-    from repwam.train.pipeline import ROWS, PipelineConfig, ablation, ablation_table, plot_ablation
+    from repwam.train.pipeline import ROWS, PipelineConfig, ablation, ablation_summary, ablation_table, plot_ablation
 
     a = _parse(ctx.args, "repwam ablate", f"Rows: {', '.join(ROWS)}. Every (row, seed) is saved when it finishes.",
                PipelineConfig(), [("out", str, "outputs/ablation"), ("rows", list[str], list(ROWS)),
@@ -339,10 +339,12 @@ def ablate_cmd(ctx: typer.Context):
     try:
         pipeline.run()
     finally:
-        table, found = ablation_table(a.out, a.rows, a.seeds)
+        summary = ablation_summary(a.out, a.rows, a.seeds)
+        table = ablation_table(summary)
         (Path(a.out) / "table.md").write_text(table + "\n")
-        if found:
-            plot_ablation(found, Path(a.out) / "ablation.png")
+        (Path(a.out) / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        if summary:
+            plot_ablation(summary, Path(a.out) / "ablation.png")
         typer.echo(table)
 
 

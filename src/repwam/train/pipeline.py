@@ -320,55 +320,65 @@ def demo(out: str | Path, cfg: PipelineConfig = DEMO) -> Pipeline:
     return p
 
 
-def ablation_table(out: str | Path, rows: list[str], seeds: list[int]) -> tuple[str, dict]:
-    """Markdown table (mean ± std over seeds of the mean success, per-task means) and the per-(row, seed) results
-    that exist so far."""
-    import numpy as np
-
+def ablation_summary(out: str | Path, rows: list[str], seeds: list[int]) -> dict[str, dict[str, dict]]:
+    """{row: {seed: {"mean", "successes", "episodes", "tasks": {task: rate}}}} of every (row, seed) evaluated so far
+    under `out`: small enough to commit, and what the table and the plot are made from."""
     out = Path(out)
-    found: dict[str, dict[int, dict]] = {}
+    summary: dict[str, dict[str, dict]] = {}
     for row in rows:
         for seed in seeds:
             run = f"plain_{row}_s{seed}" if row == "plain" else f"wam_{row}_s{seed}"
             f = out / "eval" / run / "results.json"
             if f.exists():
-                found.setdefault(row, {})[seed] = json.loads(f.read_text())
-    if not found:
-        return "(no finished (row, seed) yet)", found
-    tasks = next(iter(next(iter(found.values())).values()))["tasks"]
-    task_names = list(tasks)
-    head = "| row | seeds | mean success ↑ | " + " | ".join(t.replace("-v3", "") for t in task_names) + " |"
-    lines = [head, "|" + "---|" * (3 + len(task_names))]
-    for row in rows:
-        res = found.get(row, {})
-        if not res:
-            continue
-        means = np.array([r["mean"]["success_rate"] for r in res.values()])
+                r = json.loads(f.read_text())
+                summary.setdefault(row, {})[str(seed)] = {
+                    "mean": r["mean"]["success_rate"], "successes": r["mean"]["successes"],
+                    "episodes": r["mean"]["episodes"], "tasks": {t: v["success_rate"] for t, v in r["tasks"].items()}}
+    return summary
+
+
+def ablation_table(summary: dict[str, dict[str, dict]]) -> str:
+    """Markdown: per row, mean ± std over seeds of the mean success over tasks, the pooled episodes with their 95%
+    Wilson interval, and per-task means over seeds."""
+    import numpy as np
+
+    from repwam.eval.closed_loop import wilson_interval
+
+    if not summary:
+        return "(no finished (row, seed) yet)"
+    task_names = list(next(iter(next(iter(summary.values())).values()))["tasks"])
+    head = "| row | seeds | mean success ↑ | pooled (95% Wilson) | " + " | ".join(t.replace("-v3", "") for t in task_names) + " |"
+    lines = [head, "|" + "---|" * (4 + len(task_names))]
+    for row, res in summary.items():
+        means = np.array([r["mean"] for r in res.values()])
         pm = f"{means.mean():.3f} ± {means.std(ddof=1):.3f}" if len(means) > 1 else f"{means[0]:.3f}"
-        per_task = [np.mean([r["tasks"][t]["success_rate"] for r in res.values()]) for t in task_names]
-        lines.append(f"| {row} | {len(res)} | {pm} | " + " | ".join(f"{v:.2f}" for v in per_task) + " |")
-    return "\n".join(lines), found
+        s, n = sum(r["successes"] for r in res.values()), sum(r["episodes"] for r in res.values())
+        lo, hi = wilson_interval(s, n)
+        per_task = [np.mean([r["tasks"][t] for r in res.values()]) for t in task_names]
+        lines.append(f"| {row} | {len(res)} | {pm} | {s}/{n} ({lo:.2f}–{hi:.2f}) | "
+                     + " | ".join(f"{v:.2f}" for v in per_task) + " |")
+    return "\n".join(lines)
 
 
-def plot_ablation(found: dict, path: str | Path) -> Path:
+def plot_ablation(summary: dict[str, dict[str, dict]], path: str | Path, title: str | None = None) -> Path:
+    """Bars: mean over seeds of each row's mean success, error bars: std over seeds, dots: the seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = list(found)
-    rate = lambda r: r["mean"]["success_rate"]  # noqa: E731
-    means = [np.mean([rate(r) for r in found[row].values()]) for row in rows]
-    stds = [np.std([rate(r) for r in found[row].values()], ddof=1) if len(found[row]) > 1 else 0.0 for row in rows]
+    rows = list(summary)
+    pts = [[r["mean"] for r in summary[row].values()] for row in rows]
+    means = [np.mean(p) for p in pts]
+    stds = [np.std(p, ddof=1) if len(p) > 1 else 0.0 for p in pts]
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
     ax.bar(rows, means, yerr=stds, capsize=4, color=["C0" if r == "repwam" else "C7" for r in rows])
-    for i, row in enumerate(rows):
-        pts = [rate(r) for r in found[row].values()]
-        ax.scatter([i] * len(pts), pts, color="k", s=10, zorder=3)
+    for i, p in enumerate(pts):
+        ax.scatter([i] * len(p), p, color="k", s=10, zorder=3)
     ax.set_ylim(0, 1)
     ax.set_ylabel("closed-loop success (mean over tasks)")
-    ax.set_title("Ablation: mean ± std over seeds (dots: seeds)")
+    ax.set_title(title or "Ablation: mean ± std over seeds (dots: seeds)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

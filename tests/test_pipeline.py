@@ -149,4 +149,6 @@ def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):
     assert table[2].startswith("| repwam | 2 | 0.400 ± 0.141 | 16/40 (") and table[2].endswith("| 0.30 | 0.50 |")
     assert table[3].startswith("| plain | 1 | 0.100 | 2/20 (")
     assert plot_ablation(summary, tmp_path / "a.png").stat().st_size > 1000
+    earlier = {"joint": {"reported": {"mean": 0.55, "std": 0.01, "seeds": 3}}, **summary}
+    assert plot_ablation(earlier, tmp_path / "b.png").stat().st_size > 1000
     assert ablation_table({}) == "(no finished (row, seed) yet)"

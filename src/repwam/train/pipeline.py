@@ -360,8 +360,10 @@ def ablation_table(summary: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def plot_ablation(summary: dict[str, dict[str, dict]], path: str | Path, title: str | None = None) -> Path:
-    """Bars: mean over seeds of each row's mean success, error bars: std over seeds, dots: the seeds."""
+def plot_ablation(summary: dict[str, dict], path: str | Path, title: str | None = None) -> Path:
+    """Bars: mean over seeds of each row's mean success, error bars: std over seeds, dots: the seeds. A row may
+    instead be given as reported, {"reported": {"mean", "std", "seeds"}} (an earlier sitting whose per-seed results
+    were not kept): a hatched bar with its error bar and no dots."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,11 +371,17 @@ def plot_ablation(summary: dict[str, dict[str, dict]], path: str | Path, title: 
     import numpy as np
 
     rows = list(summary)
-    pts = [[r["mean"] for r in summary[row].values()] for row in rows]
-    means = [np.mean(p) for p in pts]
-    stds = [np.std(p, ddof=1) if len(p) > 1 else 0.0 for p in pts]
+    reported = {row: summary[row]["reported"] for row in rows if "reported" in summary[row]}
+    pts = [[] if row in reported else [r["mean"] for r in summary[row].values()] for row in rows]
+    means = [reported[row]["mean"] if row in reported else np.mean(p) for row, p in zip(rows, pts)]
+    stds = [reported[row]["std"] if row in reported else (np.std(p, ddof=1) if len(p) > 1 else 0.0)
+            for row, p in zip(rows, pts)]
     fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.5))
-    ax.bar(rows, means, yerr=stds, capsize=4, color=["C0" if r == "repwam" else "C7" for r in rows])
+    bars = ax.bar(rows, means, yerr=stds, capsize=4, color=["C0" if r == "repwam" else "C7" for r in rows])
+    for bar, row in zip(bars, rows):
+        if row in reported:
+            bar.set_hatch("//")
+            bar.set_alpha(0.6)
     for i, p in enumerate(pts):
         ax.scatter([i] * len(p), p, color="k", s=10, zorder=3)
     ax.set_ylim(0, 1)

@@ -181,6 +181,10 @@ def test_validate_observation_follows_the_metadata():
         validate_observation({**_obs(), IMAGE: np.zeros((8, 8), np.uint8)}, resizing)
     image_only = {**META, "state_dim": 0}
     assert validate_observation({IMAGE: _obs()[IMAGE]}, image_only).keys() == {IMAGE}
+    # a policy without a state input (a WAM adapted with --no-use-state) takes the robot's state and ignores it
+    assert validate_observation(_obs(**{STATE_KEY: np.zeros(4, np.float32)}), image_only)[STATE_KEY].shape == (4,)
+    with pytest.raises(ProtocolError, match="non-finite"):
+        validate_observation(_obs(**{STATE_KEY: np.full(4, np.nan, np.float32)}), image_only)
     privileged = {**META, "privileged": True}
     with pytest.raises(ProtocolError, match="missing 'observation.environment_state'"):
         validate_observation(_obs(), privileged)

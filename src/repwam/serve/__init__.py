@@ -145,8 +145,8 @@ def validate_observation(obs: Any, metadata: Mapping[str, Any], *, max_prompt_ch
             raise ProtocolError(f"{k!r} is {img.shape[0]}x{img.shape[1]}; images of 1 to {limit} pixels a side "
                                 f"are accepted (the policy uses {h}x{w})")
         out[k] = img
-    if STATE_KEY in obs:
-        out[STATE_KEY] = _float_vector(obs[STATE_KEY], STATE_KEY, int(metadata.get("state_dim") or 0))
+    if STATE_KEY in obs:  # a policy without a state input (state_dim 0) takes the robot's state of any size and ignores it
+        out[STATE_KEY] = _float_vector(obs[STATE_KEY], STATE_KEY, int(metadata.get("state_dim") or 0) or None)
     if ENV_STATE_KEY in obs:
         out[ENV_STATE_KEY] = _float_vector(obs[ENV_STATE_KEY], ENV_STATE_KEY, None)
     prompt_key = instruction_key(metadata)

@@ -384,6 +384,8 @@ def plot_ablation(summary: dict[str, dict], path: str | Path, title: str | None 
             bar.set_alpha(0.6)
     for i, p in enumerate(pts):
         ax.scatter([i] * len(p), p, color="k", s=10, zorder=3)
+    if max(len(r) for r in rows) > 10:  # long row names would overlap
+        plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("closed-loop success (mean over tasks)")
     ax.set_title(title or "Ablation: mean ± std over seeds (dots: seeds)")

@@ -358,9 +358,9 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
         win = win.movedim(-1, 2)  # (B, n, size, ...)
         return win.flatten(0, 1)
 
-    def _windowed(self, fn, x: torch.Tensor, step: int, first: int, out_step: int, out_first: int) -> torch.Tensor:
-        """Run `fn` (a causal map from (B, N, ...) to (B, N_out, ...), latent frame i of the input giving items
-        [out_first + out_step (i-1), out_first + out_step i) of the output) with the context window: one pass
+    def _windowed(self, fn, x: torch.Tensor, step: int, first: int, out_step: int) -> torch.Tensor:
+        """Run `fn` (a causal map from (B, N, ...) to (B, N_out, ...), latent frame i >= 1 of the input giving the
+        `out_step` output items after those of frame i - 1) with the context window: one pass
         over the first W latent frames, then each later latent frame from the W latent frames ending at it."""
         W, n_lat = self.cfg.context_window, 1 + (x.shape[1] - first) // step
         if W is None or n_lat <= W:
@@ -375,7 +375,7 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
         """Posterior means (raw units) (B, T', L, d_v) under the context window."""
         frames = self._check_frames(frames)
         p = self.temporal_patch
-        return self._windowed(lambda f: self.encode_dist(f).mean, frames, p, 1, 1, 1)
+        return self._windowed(lambda f: self.encode_dist(f).mean, frames, p, 1, 1)
 
     # ---- latent units ----
 
@@ -429,7 +429,7 @@ class CausalVAE(VisualTokenizer, Pretrained, nn.Module):
         if z.ndim != 4 or tuple(z.shape[2:]) != (L, dv) or z.shape[1] < 1:
             raise RepwamError(f"got latents of shape {tuple(z.shape)}; the decoder accepts (B, T', {L}, {dv})")
         p = self.temporal_patch
-        return self._windowed(self._decode_raw, self.denormalize(z), 1, 1, p, 1)
+        return self._windowed(self._decode_raw, self.denormalize(z), 1, 1, p)
 
     def forward(self, frames: torch.Tensor, sample: bool | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
         """frames -> (recon (B, T, 3, H, W), posterior). The decoder sees a posterior sample when `sample`

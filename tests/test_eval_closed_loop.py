@@ -139,6 +139,17 @@ def test_expert_succeeds_and_random_does_not_on_the_same_layouts(tmp_path):
         assert {(r["task"], r["episode"]): r["seed"] for r in lines} == want, name
         assert all(r["infer_calls"] == r["steps"] and (r["success"] or r["steps"] == 150) for r in lines)
     assert all(r["steps"] < 150 for r in eps["expert"])
+    # where episodes end: the expert's reach ends within Meta-World's 5 cm success radius of the goal it records,
+    # random's hand ends farther away; every record keeps the goal, the final hand and object positions
+    for name, lines in eps.items():
+        for r in lines:
+            assert len(r["goal"]) == len(r["final_hand"]) == len(r["final_obj"]) == 3
+            assert 0 <= r["goal_dist_min"] <= r["goal_dist_final"] + 1e-9
+    reach = {name: [r for r in lines if r["task"] == "reach-v3"] for name, lines in eps.items()}
+    for r in reach["expert"]:
+        assert r["goal_dist_final"] <= 0.05
+        assert np.linalg.norm(np.subtract(r["final_hand"], r["goal"])) < 0.1  # the env measures from the fingertips
+    assert ex["tasks"]["reach-v3"]["goal_dist_final_mean"] < rnd["tasks"]["reach-v3"]["goal_dist_final_mean"]
     saved = json.loads((tmp_path / "expert" / RESULTS_FILE).read_text())
     assert saved["mean"] == ex["mean"] and Path(ex["plot"]).stat().st_size > 0
     assert (tmp_path / "expert" / "table.md").read_text().count("| reach-v3 | 100.0%") == 1

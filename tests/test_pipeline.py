@@ -120,8 +120,28 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     ns = ablation(tmp_path / "ns", cfg, ["repwam", "no_state"], [0]).jobs
     assert ns["train-wam_no_state_s0"].needs == ["train-wampre_repwam_s0"] and "train-wampre_no_state_s0" not in ns
     assert "--no-use-state" in ns["train-wam_no_state_s0"].args and "--no-use-state" not in ns["train-wam_repwam_s0"].args
+    # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
+    pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
+    args = pg["train-plain_plain_goal_s0"].args
+    assert args[args.index("--state-key") + 1] == "observation.environment_state"
+    assert "--state-key" not in pg["train-plain_plain_s0"].args and pg["train-plain_plain_goal_s0"].needs == ["data"]
+    assert "eval-plain_plain_goal_s0" in pg
     d = demo(tmp_path / "demo", DEMO)
     assert {"eval-wam_repwam_s0", "eval-plain_plain_s0", "eval-tokenizer", "eval-lat", "eval-wam"} <= set(d.jobs)
+
+
+def test_a_dataset_made_with_other_settings_is_refused(tmp_path):
+    import json
+
+    cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=20)
+    meta = ablation(tmp_path, cfg, ["plain"], [0]).data / "meta"
+    meta.mkdir(parents=True)
+    settings = {"episodes_per_task": 20, "image_size": 64, "cameras": ["corner3"], "seed": 0}
+    (meta / "repwam_generation.json").write_text(json.dumps({"settings": settings}))
+    ablation(tmp_path, cfg, ["plain"], [0])  # the same settings: reused
+    with pytest.raises(RepwamError, match=r"generated with episodes_per_task=20, image_size=64; .* asks for "
+                                          r"episodes_per_task=60, image_size=128"):
+        ablation(tmp_path, PipelineConfig(tasks="reach-v3", episodes_per_task=60, image_size=128), ["plain"], [0])
 
 
 def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):
@@ -140,7 +160,10 @@ def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):
     result("wam_repwam_s0", {"reach-v3": 0.2, "push-v3": 0.4})
     result("wam_repwam_s1", {"reach-v3": 0.4, "push-v3": 0.6})
     result("plain_plain_s0", {"reach-v3": 0.1, "push-v3": 0.1})
-    summary = ablation_summary(tmp_path, ["repwam", "plain", "joint"], [0, 1, 2])
+    result("plain_plain_goal_s0", {"reach-v3": 0.9, "push-v3": 0.7})
+    summary = ablation_summary(tmp_path, ["repwam", "plain", "joint", "plain_goal"], [0, 1, 2])
+    assert list(summary) == ["repwam", "plain", "plain_goal"] and summary["plain_goal"]["0"]["mean"] == 0.8
+    del summary["plain_goal"]
     assert list(summary) == ["repwam", "plain"] and list(summary["repwam"]) == ["0", "1"]
     assert summary["repwam"]["1"] == {"mean": 0.5, "successes": 10, "episodes": 20,
                                       "tasks": {"reach-v3": 0.4, "push-v3": 0.6}}

@@ -298,6 +298,35 @@ def test_trained_policy_acts_on_a_real_frame(plain_ckpt, tiny_dataset):
         assert np.isfinite(actions).all() and np.abs(actions).max() < 5  # robot units: the expert's are in [-1, 1]
 
 
+def test_privileged_reference_reads_the_simulator_state(tiny_dataset, tmp_path):
+    """`state_key=observation.environment_state`: the state token is the whole simulator observation (goal
+    included); the policy then asks for that key, not the robot's state, and refuses a vector of the wrong size."""
+    from repwam.data.dataset import ClipDataset
+    from repwam.serve import ENV_STATE_KEY, ProtocolError
+    from repwam.train.plain import ENV_STATE_MIN_STD, PlainTrainConfig, train_plain
+
+    with pytest.raises(RepwamError, match="state_key must be one of"):
+        PlainTrainConfig(state_key="observation.goal")
+    cfg = PlainTrainConfig(state_key=ENV_STATE_KEY, val_fraction=0.34,
+                           optim=OptimConfig(steps=2, batch_size=8, warmup=1, save_every=2, val_items=8))
+    ckpt = train_plain(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = PlainPolicyModel.from_pretrained(ckpt)
+    meta = model.checkpoint_meta
+    assert model.cfg.state_dim == 39 and meta["state_key"] == ENV_STATE_KEY
+    assert min(meta["state_stats"]["std"]) >= ENV_STATE_MIN_STD
+    policy = load_policy(ckpt)
+    assert policy.metadata["privileged"] and policy.metadata["state_dim"] == 0
+    clips = ClipDataset(tiny_dataset, num_frames=1, split="all", progress=False)
+    ep = clips.episodes[0]
+    policy.reset(ep.task)
+    frame, env_state = clips.frames[ep.start], clips.env_states[ep.start]
+    assert policy.infer({CAM: frame, ENV_STATE_KEY: env_state})["actions"].shape == (8, 4)
+    with pytest.raises(ProtocolError, match="observation.environment_state"):
+        policy.infer({CAM: frame, "observation.state": clips.states[ep.start]})
+    with pytest.raises(RepwamError, match=r"trained on \(39,\)"):
+        policy.infer({CAM: frame, ENV_STATE_KEY: env_state[:10]})
+
+
 def test_cli_help_lists_the_stage_options(capsys):
     from repwam.cli import _train
 

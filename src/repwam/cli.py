@@ -330,10 +330,11 @@ def eval_policy_cmd(
 def ablate_cmd(ctx: typer.Context):
     """Train and evaluate every ablation row for several seeds (resumable: a rerun runs only what is missing),
     then write the table, the bar plot and per-task success. Options: `repwam ablate --help`."""
-    from repwam.train.pipeline import ROWS, PipelineConfig, ablation, ablation_summary, ablation_table, plot_ablation
+    from repwam.train.pipeline import (DEFAULT_ROWS, ROWS, PipelineConfig, ablation, ablation_summary, ablation_table,
+                                       plot_ablation)
 
     a = _parse(ctx.args, "repwam ablate", f"Rows: {', '.join(ROWS)}. Every (row, seed) is saved when it finishes.",
-               PipelineConfig(), [("out", str, "outputs/ablation"), ("rows", list[str], list(ROWS)),
+               PipelineConfig(), [("out", str, "outputs/ablation"), ("rows", list[str], list(DEFAULT_ROWS)),
                                   ("seeds", list[int], [0, 1, 2])])
     pipeline = ablation(a.out, a.cfg, a.rows, a.seeds)
     try:

@@ -59,6 +59,9 @@ class StepResult:
     reward: float
     success: bool
     truncated: bool
+    # Meta-World's own distance (m) from what the task moves to its target: the hand for reach-like tasks, the
+    # object for push / pick-place / peg-insert-side (`info["obj_to_target"]`); None where a task reports none.
+    goal_dist: float | None = None
 
 
 def check_cameras(cameras) -> tuple[str, ...]:
@@ -140,7 +143,9 @@ class MetaWorldEnv:
     def step(self, action: np.ndarray) -> StepResult:
         obs, reward, _, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
         self._obs = obs
-        return StepResult(obs=obs, reward=float(reward), success=bool(info["success"]), truncated=bool(truncated))
+        dist = info.get("obj_to_target")
+        return StepResult(obs=obs, reward=float(reward), success=bool(info["success"]), truncated=bool(truncated),
+                          goal_dist=None if dist is None else float(dist))
 
     def close(self) -> None:
         if self._renderer is not None:

@@ -30,8 +30,9 @@ How it runs
   task list may grow between runs: episodes are keyed by (task, index) and their layouts do not depend on either.
 - Rollout videos (`out_dir/videos/`) of the first `videos_per_task` episodes of each task, recorded when they run.
 - Summary over the requested tasks x episodes: per-task success with a 95% Wilson interval, the mean over tasks with
-  the Wilson interval over all episodes, mean episode length and policy milliseconds per `infer` call:
-  `results.json`, `table.md` and `success.png`.
+  the Wilson interval over all episodes, mean episode length, the mean final distance from what the task moves to
+  its target (Meta-World's `obj_to_target`; each episode also keeps its minimum, the final hand and object
+  positions and the goal), and policy milliseconds per `infer` call: `results.json`, `table.md` and `success.png`.
 """
 
 from __future__ import annotations
@@ -250,8 +251,9 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
     t_start = time.perf_counter()
     policy.reset(text)
     obs = env.reset(seed)
-    views, imagined, infer_ms = [], [], []
+    views, imagined, infer_ms, dists = [], [], [], []
     success, steps = False, max_steps
+    goal = obs[-3:].astype(float)  # the goal-observable obs ends with the goal's xyz; it never moves in an episode
     for t in range(max_steps):
         images = env.render_all()  # the env was built with env_cfg["cameras"]
         observation: dict[str, Any] = {f"{IMAGE_PREFIX}{cam}": im for cam, im in images.items()}
@@ -268,6 +270,8 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
             imagined.append(_checked_imagined(out.get("imagined"), str(spec), where))
         res = env.step(action)
         obs = res.obs
+        if res.goal_dist is not None:
+            dists.append(res.goal_dist)
         if res.success:
             success, steps = True, t + 1
             break
@@ -294,6 +298,13 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
         "infer_ms_p95": round(float(np.percentile(ms, 95)), 3),
         "wall_s": round(time.perf_counter() - t_start, 3),
         "video": Path(video).name if video else None,
+        # Where the episode ended (m, world frame), for telling a policy that ignores the goal from an imprecise one:
+        # the env's distance from what the task moves to its target (min over the episode, and at the end).
+        "goal_dist_min": round(min(dists), 4) if dists else None,
+        "goal_dist_final": round(dists[-1], 4) if dists else None,
+        "final_hand": [round(float(v), 4) for v in obs[:3]],
+        "final_obj": [round(float(v), 4) for v in obs[4:7]],
+        "goal": [round(float(v), 4) for v in goal],
     }
 
 
@@ -355,7 +366,14 @@ def _group(records: list[dict]) -> dict[str, Any]:
         "mean_length": float(np.mean([r["steps"] for r in records])),
         "infer_ms_mean": sum(r["infer_ms_mean"] * r["infer_calls"] for r in records) / max(calls, 1),
         "infer_ms_p95_worst": max(r["infer_ms_p95"] for r in records),
+        "goal_dist_final_mean": _mean_of(records, "goal_dist_final"),
     }
+
+
+def _mean_of(records: list[dict], key: str) -> float | None:
+    """The mean of `key` over the records that have it (older result files lack the goal distances)."""
+    vals = [r[key] for r in records if r.get(key) is not None]
+    return round(float(np.mean(vals)), 4) if vals else None
 
 
 def summarize(records: list[dict], tasks: list[str]) -> dict[str, Any]:
@@ -367,20 +385,26 @@ def summarize(records: list[dict], tasks: list[str]) -> dict[str, Any]:
     return {"tasks": per, "mean": mean}
 
 
+def _cm(metres: float | None) -> str:
+    return "–" if metres is None else f"{100 * metres:.1f}"
+
+
 def format_table(results: dict[str, Any]) -> str:
     lines = [
         f"policy: {results['policy']}  (seed {results['seed']}, {results['episodes_per_task']} episodes per task, "
         f"limit {results['settings']['max_steps']} steps)",
         "",
-        "| task | success | 95% CI | episodes | mean length | policy ms/call (mean, worst p95) |",
-        "|---|---|---|---|---|---|",
+        "| task | success | 95% CI | episodes | mean length | final distance to goal (cm) | "
+        "policy ms/call (mean, worst p95) |",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = list(results["tasks"].items()) + [("**mean**", results["mean"])]
     for name, r in rows:
         lo, hi = r["ci95"]
         lines.append(
             f"| {name} | {100 * r['success_rate']:.1f}% | {100 * lo:.1f}–{100 * hi:.1f} | {r['episodes']} | "
-            f"{r['mean_length']:.0f} | {r['infer_ms_mean']:.2f}, {r['infer_ms_p95_worst']:.2f} |"
+            f"{r['mean_length']:.0f} | {_cm(r.get('goal_dist_final_mean'))} | "
+            f"{r['infer_ms_mean']:.2f}, {r['infer_ms_p95_worst']:.2f} |"
         )
     return "\n".join(lines)
 

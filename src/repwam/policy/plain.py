@@ -49,7 +49,7 @@ from repwam.config import ModelConfig
 from repwam.data.transforms import Normalizer, image_to_model
 from repwam.errors import RepwamError
 from repwam.policy.base import INSTRUCTION_KEY
-from repwam.serve import validate_observation
+from repwam.serve import ENV_STATE_KEY, STATE_KEY, validate_observation
 from repwam.layers import MLP, sincos_1d, sincos_2d
 
 ENCODERS = ("vit", "resnet")
@@ -419,16 +419,21 @@ class PlainPolicy:
                               f"{c.num_views} view(s)")
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if c.state_dim else None
+        # which observation the state token reads: the robot's state, or (a privileged reference policy) the whole
+        # simulator observation, which the robot's protocol then does not ask for
+        self.state_key = meta.get("state_key", STATE_KEY)
+        privileged = self.state_key == ENV_STATE_KEY
         self.metadata: dict[str, Any] = {
             "policy": "plain",
             "checkpoint": meta.get("path"),
             "camera_keys": list(self.cameras),
             "image_size": c.image_size,
             "max_image_size": MAX_IMAGE_SIZE,
-            "state_dim": c.state_dim,
+            "state_dim": 0 if privileged else c.state_dim,
             "action_dim": c.action_dim,
             "action_horizon": self.execute,
             "instruction_key": INSTRUCTION_KEY,
+            "privileged": privileged,
         }
         self._text_memo: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._episode: dict | None = None
@@ -472,7 +477,11 @@ class PlainPolicy:
         image = torch.stack([image_to_model(obs[cam], c.image_size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
         if self.state_norm is not None:
-            state = self.state_norm(np.asarray(obs["observation.state"], np.float32))
+            state = np.asarray(obs[self.state_key], np.float32)
+            if state.shape != (c.state_dim,):
+                raise RepwamError(f"{self.state_key!r} has shape {state.shape}; this policy was trained on "
+                                  f"({c.state_dim},)")
+            state = self.state_norm(state)
         frames = ep["frames"]
         while len(frames) < c.n_obs - 1:  # an episode's first frame stands in for the frames before it
             frames.append((image, state))

@@ -16,6 +16,9 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     joint        aligned tokenizer -> LAT -> one stage: z + ℓ + robot actions from scratch
     no_state     repwam without the proprioceptive-state token in adaptation (shares repwam's pretraining)
     plain        the image-to-action-chunk baseline (same flow-matching head, state and language inputs)
+    plain_goal   a privileged reference, not a baseline: the plain policy whose state token is the whole simulator
+                 observation (object poses and the goal), so it need not see the goal; it separates "cannot see
+                 where to go" from "cannot act"
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 """
@@ -35,7 +38,14 @@ from tqdm import tqdm
 
 from repwam.errors import RepwamError
 
-ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state")
+ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal")
+DEFAULT_ROWS = ROWS[:-1]  # the table's rows; the privileged reference runs when asked for
+PLAIN_ROWS = ("plain", "plain_goal")  # trained by `repwam train plain`; their runs are named plain_<row>_s<seed>
+
+
+def eval_run(row: str, seed: int) -> str:
+    """The run (and `<out>/eval/<run>/`) that holds the closed-loop result of (row, seed)."""
+    return f"plain_{row}_s{seed}" if row in PLAIN_ROWS else f"wam_{row}_s{seed}"
 
 
 @dataclass
@@ -123,9 +133,25 @@ class Pipeline:
 
     def dataset(self) -> str:
         c = self.cfg
+        self._check_dataset()
         return self.add("data", ["data", "generate", "--tasks", c.tasks, "--episodes-per-task", c.episodes_per_task,
                                  "--camera", c.cameras, "--image-size", c.image_size, "--out", self.data],
                         self.data / "meta" / "info.json")
+
+    def _check_dataset(self) -> None:
+        """A dataset already at `self.data` must be the one these settings would generate: every later job (and
+        every result copied in) is keyed by `out` alone, so other settings there would be mixed in silently."""
+        f = self.data / "meta" / "repwam_generation.json"
+        if not f.exists():
+            return
+        have, c = json.loads(f.read_text()).get("settings", {}), self.cfg
+        want = {"episodes_per_task": c.episodes_per_task, "image_size": c.image_size,
+                "cameras": [x.strip() for x in c.cameras.split(",")]}
+        diff = {k: (have.get(k), v) for k, v in want.items() if k in have and have[k] != v}
+        if diff:
+            raise RepwamError(f"{self.data} was generated with " + ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+                              + "; this pipeline asks for " + ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
+                              + ": use another --out (or delete that dataset and everything trained on it)")
 
     def tokenizer(self, recipe: str) -> str:
         return self.train("tokenizer", f"tok_{recipe}", self.cfg.tok_steps,
@@ -148,9 +174,10 @@ class Pipeline:
     def row(self, row: str, seed: int) -> str:
         """The jobs of one (row, seed); returns the evaluation job."""
         c, tag = self.cfg, f"{row}_s{seed}"
-        if row == "plain":
+        if row in PLAIN_ROWS:
+            goal = ["--state-key", "observation.environment_state"] if row == "plain_goal" else []
             return self.evaluate(f"plain_{tag}", [self.train("plain", f"plain_{tag}", c.plain_steps,
-                                                             ["--preset", c.preset], [self.dataset()], seed)])
+                                                             ["--preset", c.preset, *goal], [self.dataset()], seed)])
         tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae"}.get(row, "default")
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
@@ -327,8 +354,7 @@ def ablation_summary(out: str | Path, rows: list[str], seeds: list[int]) -> dict
     summary: dict[str, dict[str, dict]] = {}
     for row in rows:
         for seed in seeds:
-            run = f"plain_{row}_s{seed}" if row == "plain" else f"wam_{row}_s{seed}"
-            f = out / "eval" / run / "results.json"
+            f = out / "eval" / eval_run(row, seed) / "results.json"
             if f.exists():
                 r = json.loads(f.read_text())
                 summary.setdefault(row, {})[str(seed)] = {

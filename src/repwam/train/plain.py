@@ -7,6 +7,10 @@ One sample per control step t of every training episode (`ClipDataset`, frame st
     action       (H, A)                   actions t .. t+H-1, normalised; steps past the episode's end are padding
     action_mask  (H,) bool                False on the padding (left out of the loss)
     text         int                      the instruction (a row of the `TextTable`)
+The state is `observation.state` (the robot's: hand xyz + gripper) by default; `state_key =
+observation.environment_state` gives the policy the full simulator observation instead (object poses and the goal):
+a privileged reference that tells how well the same policy does when it need not see the goal (not deployable:
+a real robot has no such observation).
 Training frames get a random shift (pad `aug_shift` pixels by replication, crop back; the same shift for every frame
 of a sample): DrQ's augmentation, diffusion policy's random crop. Validation and the policy see plain frames.
 
@@ -33,6 +37,8 @@ from repwam.wam.data import TextTable, dataset_stats
 from repwam.wam.text import TextEncoder
 
 VAL_BATCH = 64  # validation batch size (only speed depends on it)
+STATE_KEYS = ("observation.state", "observation.environment_state")
+ENV_STATE_MIN_STD = 1e-2  # some simulator dims (a second object's pose) are constant in a task set: no blow-ups
 
 
 @dataclass
@@ -40,6 +46,7 @@ class PlainTrainConfig:
     preset: str = "tiny"
     encoder: str | None = None  # "vit" | "resnet"; None: the preset's
     cameras: tuple[str, ...] | None = None  # the views it sees at once (None: every camera of the first dataset)
+    state_key: str = "observation.state"  # or "observation.environment_state": the privileged reference
     n_obs: int = 2  # frames observed per plan
     horizon: int = 16  # raw actions per chunk
     aug_shift: int = 4  # random-shift augmentation in pixels (0: off)
@@ -53,6 +60,8 @@ class PlainTrainConfig:
     def __post_init__(self):
         if self.encoder is not None and self.encoder not in ENCODERS:
             raise RepwamError(f"encoder must be one of {ENCODERS} (or unset: the preset's), got {self.encoder!r}")
+        if self.state_key not in STATE_KEYS:
+            raise RepwamError(f"state_key must be one of {STATE_KEYS}, got {self.state_key!r}")
         if self.aug_shift < 0:
             raise RepwamError(f"aug_shift must be >= 0, got {self.aug_shift}")
 
@@ -61,13 +70,14 @@ class PlainSamples(torch.utils.data.Dataset):
     """Per-step samples (see the module docstring) over the episodes of a ClipDataset of single frames."""
 
     def __init__(self, clips: ClipDataset, n_obs: int, horizon: int, state_norm: Normalizer,
-                 action_norm: Normalizer, text_index: dict[str, int]):
-        if clips.actions is None or clips.states is None:
-            raise RepwamError("the plain policy learns from `action` and `observation.state`: some dataset lacks them")
+                 action_norm: Normalizer, text_index: dict[str, int], state_key: str = "observation.state"):
+        states = clips.states if state_key == "observation.state" else clips.env_states
+        if clips.actions is None or states is None:
+            raise RepwamError(f"the plain policy learns from `action` and `{state_key}`: some dataset lacks them")
         if clips.num_frames != 1 or clips.frame_stride != 1:
             raise RepwamError("PlainSamples wants a ClipDataset of single frames at stride 1")
         self.clips, self.n_obs, self.horizon = clips, n_obs, horizon
-        self.states = state_norm(clips.states).numpy()
+        self.states = state_norm(states).numpy()
         self.actions = action_norm(clips.actions).numpy()
         self.text_index = text_index
 
@@ -115,21 +125,23 @@ class PlainStage(Stage):
         train_clips = ClipDataset(data, split="train", **common)
         val_clips = ClipDataset(data, split="val", **common) if cfg.val_fraction > 0 else None
         datasets = train_clips.datasets
-        self.state_norm = dataset_stats(datasets, "observation.state")
+        self.state_norm = dataset_stats(datasets, cfg.state_key)
         self.action_norm = dataset_stats(datasets, "action")
         if self.state_norm is None or self.action_norm is None:
-            raise RepwamError("the plain policy normalises states and actions with meta/stats.json: some dataset has "
-                              "no stats of `observation.state` / `action` (regenerate it with repwam data generate)")
+            raise RepwamError(f"the plain policy normalises states and actions with meta/stats.json: some dataset has "
+                              f"no stats of `{cfg.state_key}` / `action` (regenerate it with repwam data generate)")
+        if cfg.state_key != "observation.state":
+            self.state_norm = Normalizer(self.state_norm.mean, [max(s, ENV_STATE_MIN_STD) for s in self.state_norm.std])
         encoder = TextEncoder(cfg.text_encoder, cache_dir=Path(data[0]) / "cache" / "text")
         self.text_spec = encoder.spec()
         episodes = train_clips.episodes + (val_clips.episodes if val_clips is not None else [])
         self.text = TextTable(sorted({ep.task for ep in episodes}), encoder)
         samples = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, state_norm=self.state_norm, action_norm=self.action_norm,
-                       text_index=self.text.index)
+                       text_index=self.text.index, state_key=cfg.state_key)
         self.train_set = PlainSamples(train_clips, **samples)
         self.val_set = PlainSamples(val_clips, **samples) if val_clips is not None else None
         overrides = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, text_dim=encoder.dim, num_views=len(train_clips.cameras),
-                         state_dim=train_clips.states.shape[1], action_dim=train_clips.actions.shape[1])
+                         state_dim=self.train_set.states.shape[1], action_dim=train_clips.actions.shape[1])
         if cfg.encoder is not None:
             overrides["encoder"] = cfg.encoder
         self.model = PlainPolicyModel(PlainConfig.preset(cfg.preset, **overrides))
@@ -187,6 +199,7 @@ class PlainStage(Stage):
         return {
             "camera": self.cameras[0],
             "cameras": self.cameras,
+            "state_key": self.cfg.state_key,
             "state_stats": self.state_norm.to_dict(),
             "action_stats": self.action_norm.to_dict(),
             "text_encoder": self.text_spec,

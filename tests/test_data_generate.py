@@ -40,6 +40,22 @@ def test_seeds_change_layouts_and_renders_are_not_constant():
     assert len({layout_seed(0, "reach-v3", k) for k in range(50)}) == 50
 
 
+@pytest.mark.parametrize("task", ["reach-v3", "peg-insert-side-v3"])
+def test_the_first_frame_shows_this_layout_not_the_previous_one(task):
+    """Meta-World's reset places the goal site (and peg-insert-side's box) after its last forward pass: the frame
+    rendered right after reset must already show the new layout, as it does after one step of doing nothing."""
+    with MetaWorldEnv(task) as env:
+        model, data = env.env.model, env.env.data
+        goal = [i for i in range(model.nsite) if model.site(i).name == "goal"][0]
+        env.reset(1)
+        obs = env.reset(2)
+        np.testing.assert_allclose(data.site_xpos[goal], obs[36:39], atol=1e-6)
+        first = env.render().astype(np.int16)
+        env.step(np.zeros(4, np.float32))  # the hand barely moves; everything else stays put
+        after = env.render().astype(np.int16)
+    assert (np.abs(first - after).sum(-1) > 30).sum() < 20, "the first frame must show the layout the episode runs on"
+
+
 def test_generated_dataset_matches_what_was_recorded(tiny_dataset):
     ds = LeRobotDataset(tiny_dataset)
     assert ds.info["codebase_version"] == "v3.0"

@@ -11,7 +11,8 @@ Rendering (measured on a 2-core machine with no GPU and no display, see DESIGN.m
   so that at 64x64 the goal that the instruction refers to is a few pixels wide, not one.
 
 Layouts: in metaworld 3.1.1 `env.reset(seed=...)` does not move objects or goals. A per-seed layout needs
-`_freeze_rand_vec = False; seeded_rand_vec = True; env.seed(s); env.reset()`.
+`_freeze_rand_vec = False; seeded_rand_vec = True; env.seed(s); env.reset()`, then `mj_forward`: reset places the
+goal sites after its last forward pass, and the first frame would otherwise show the previous layout's goal.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class MetaWorldEnv:
         for i in range(model.nsite):
             if model.site(i).name.startswith("goal"):
                 model.site_size[i] *= goal_marker_scale
+        self._mujoco = mujoco
         self._renderer = mujoco.Renderer(model, image_size, image_size)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
             self._renderer.scene.flags[flag] = False
@@ -118,6 +120,10 @@ class MetaWorldEnv:
         env.seeded_rand_vec = True
         env.seed(int(seed))
         obs, _ = env.reset()
+        # Meta-World's reset moves the goal sites (and some bodies: peg-insert-side's box, drawer-open's drawer)
+        # after its last forward pass, so without this the first frame rendered would show the previous layout's
+        # goal. Kinematics only: the obs and the dynamics are unchanged.
+        self._mujoco.mj_forward(env.model, env.data)
         self._obs = obs
         return obs
 

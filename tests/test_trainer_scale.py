@@ -228,3 +228,22 @@ def test_time_budget_cuts_steps_keeps_the_schedule_and_resumes(tiny_tokenizer, t
     assert LatentActionTokenizer.read_checkpoint_config(spent)["step"] == 16
     with pytest.raises(RepwamError, match="optim.minutes must be > 0"):
         OptimConfig(minutes=0)
+
+
+def test_bf16_auto_is_taken_only_where_it_is_native(monkeypatch, capsys):
+    """optim.bf16 None (the tokenizer's default) resolves per device: bf16 where the device computes it natively,
+    fp32 where it would be emulated (an AVX2-only CPU runs bf16 matmuls ~35x slower); an explicit True is kept,
+    with a warning where it is slow; an explicit False is never overridden."""
+    from repwam.train import trainer
+    from repwam.train.tokenizer import TokenizerTrainConfig
+
+    assert TokenizerTrainConfig().optim.bf16 is None and trainer.OptimConfig().bf16 is False
+    for native in (True, False):
+        monkeypatch.setattr(trainer, "bf16_is_fast", lambda device_type, native=native: native)
+        assert trainer.resolve_bf16(None, "cpu") is native
+        assert trainer.resolve_bf16(False, "cpu") is False
+        assert trainer.resolve_bf16(True, "cpu") is True
+        assert ("emulated" in capsys.readouterr().out) is (not native)
+    monkeypatch.undo()
+    # the real check answers quickly and consistently on this machine
+    assert trainer.bf16_is_fast("cpu") == trainer.bf16_is_fast("cpu") and trainer.bf16_is_fast("meta") is False

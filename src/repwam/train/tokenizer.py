@@ -49,7 +49,7 @@ class TokenizerTrainConfig:
     align_weight: float = 1.0
     val_fraction: float = 0.1
     split_seed: int = 0
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2000, batch_size=16, lr=4e-4, bf16=True))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(steps=2000, batch_size=16, lr=4e-4, bf16=None))
 
     def __post_init__(self):
         if self.arch not in ARCHS:

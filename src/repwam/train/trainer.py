@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import math
 import os
@@ -81,6 +82,43 @@ BUDGET_CALIBRATION = (3, 15)  # optim.minutes: seconds per step are measured ove
 # effects of the first ones), then the step count is fixed
 
 
+@functools.cache
+def bf16_is_fast(device_type: str) -> bool:
+    """Whether bfloat16 autocast pays on this device type: CUDA where the GPU supports bf16; on a CPU, whether a bf16
+    matmul is at least about as fast as fp32 (timed once, a few ms). A CPU with AVX512-BF16 or AMX runs it ~3x
+    faster than fp32; one without (AVX2 only) emulates it, ~35x slower (both measured on this project's machines)."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type != "cpu":
+        return False
+    a, threads, times = torch.randn(256, 256), torch.get_num_threads(), {}
+    torch.set_num_threads(1)  # per-core speed: other busy cores must not decide it
+    try:
+        for dtype in (torch.float32, torch.bfloat16):
+            x = a.to(dtype)
+            x @ x  # warm-up
+            runs = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                x @ x
+                runs.append(time.perf_counter() - t0)
+            times[dtype] = min(runs)
+    finally:
+        torch.set_num_threads(threads)
+    return times[torch.bfloat16] <= 1.5 * times[torch.float32]
+
+
+def resolve_bf16(setting: bool | None, device_type: str, warn: bool = True) -> bool:
+    """`optim.bf16` for this device: None picks bf16 where it is native (`bf16_is_fast`); True where it is not still
+    runs bf16, with a warning."""
+    if setting is None:
+        return bf16_is_fast(device_type)
+    if setting and warn and not bf16_is_fast(device_type):
+        print(f"warning: bf16 autocast on this {device_type} is emulated and far slower than fp32; "
+              "--optim.bf16 None picks it only where it is native", flush=True)
+    return bool(setting)
+
+
 @dataclass
 class OptimConfig:
     steps: int = 2000
@@ -104,7 +142,9 @@ class OptimConfig:
     val_items: int = 256  # validation items: a fixed random sample over all validation episodes
     num_workers: int = 0
     seed: int = 0
-    bf16: bool = False  # bfloat16 autocast (never fp16 on a CPU: ~300x slower there)
+    # bfloat16 autocast; None: where the device computes it natively (`bf16_is_fast`). Never fp16 on a CPU (~300x
+    # slower there); bf16 on a CPU without AVX512-BF16 / AMX is emulated and ~35x slower than fp32 (measured)
+    bf16: bool | None = False
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:N"
     compile: bool = False  # torch.compile the model's repeated blocks (see compile_blocks)
     activation_checkpointing: bool = False  # recompute block activations in backward (models with grad_checkpoint)
@@ -623,6 +663,9 @@ class Trainer:
                   f"{self.steps} steps (of at most {self.o.steps})", flush=True)
             self.tb.add_scalar("train/budget_steps", self.steps, step)
 
+    def use_bf16(self) -> bool:
+        return resolve_bf16(self.o.bf16, self.device.type, warn=self.rank == 0)
+
     def fit(self) -> Path:
         o, stage = self.o, self.stage
         seed_everything(o.seed + self.rank)  # every rank draws its own noise; DDP broadcast rank 0's weights
@@ -636,7 +679,7 @@ class Trainer:
         batches = iter(loader)
         for m in self.trained.values():
             m.train()
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=o.bf16)
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16())
         bar = tqdm(total=self.steps, initial=step, desc=f"train {stage.name}", disable=not self.progress,
                    dynamic_ncols=True)
         last = self.out / "checkpoints" / "last"

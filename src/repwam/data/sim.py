@@ -108,13 +108,14 @@ class MetaWorldEnv:
         for i in range(model.nsite):
             if model.site(i).name.startswith("goal"):
                 model.site_size[i] *= goal_marker_scale
-        self._mujoco = mujoco
         self._renderer = mujoco.Renderer(model, image_size, image_size)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION, mujoco.mjtRndFlag.mjRND_SKYBOX):
             self._renderer.scene.flags[flag] = False
         self._obs: np.ndarray | None = None
 
     def reset(self, seed: int) -> np.ndarray:
+        import mujoco
+
         env = self.env
         env._freeze_rand_vec = False
         env.seeded_rand_vec = True
@@ -123,7 +124,7 @@ class MetaWorldEnv:
         # Meta-World's reset moves the goal sites (and some bodies: peg-insert-side's box, drawer-open's drawer)
         # after its last forward pass, so without this the first frame rendered would show the previous layout's
         # goal. Kinematics only: the obs and the dynamics are unchanged.
-        self._mujoco.mj_forward(env.model, env.data)
+        mujoco.mj_forward(env.model, env.data)
         self._obs = obs
         return obs
 

@@ -176,8 +176,9 @@ class Pipeline:
         c, tag = self.cfg, f"{row}_s{seed}"
         if row in PLAIN_ROWS:
             goal = ["--state-key", "observation.environment_state"] if row == "plain_goal" else []
-            return self.evaluate(f"plain_{tag}", [self.train("plain", f"plain_{tag}", c.plain_steps,
-                                                             ["--preset", c.preset, *goal], [self.dataset()], seed)])
+            run = eval_run(row, seed)
+            return self.evaluate(run, [self.train("plain", run, c.plain_steps, ["--preset", c.preset, *goal],
+                                                  [self.dataset()], seed)])
         tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae"}.get(row, "default")
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),

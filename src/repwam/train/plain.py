@@ -32,12 +32,13 @@ from repwam.data.dataset import ClipDataset, split_spec
 from repwam.data.transforms import Normalizer, frames_to_model
 from repwam.errors import RepwamError
 from repwam.policy.plain import ENCODERS, PlainConfig, PlainPolicyModel
+from repwam.serve import ENV_STATE_KEY, STATE_KEY
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
 from repwam.wam.data import TextTable, dataset_stats
 from repwam.wam.text import TextEncoder
 
 VAL_BATCH = 64  # validation batch size (only speed depends on it)
-STATE_KEYS = ("observation.state", "observation.environment_state")
+STATE_KEYS = (STATE_KEY, ENV_STATE_KEY)
 ENV_STATE_MIN_STD = 1e-2  # some simulator dims (a second object's pose) are constant in a task set: no blow-ups
 
 
@@ -46,7 +47,7 @@ class PlainTrainConfig:
     preset: str = "tiny"
     encoder: str | None = None  # "vit" | "resnet"; None: the preset's
     cameras: tuple[str, ...] | None = None  # the views it sees at once (None: every camera of the first dataset)
-    state_key: str = "observation.state"  # or "observation.environment_state": the privileged reference
+    state_key: str = STATE_KEY  # or ENV_STATE_KEY ("observation.environment_state"): the privileged reference
     n_obs: int = 2  # frames observed per plan
     horizon: int = 16  # raw actions per chunk
     aug_shift: int = 4  # random-shift augmentation in pixels (0: off)
@@ -70,8 +71,8 @@ class PlainSamples(torch.utils.data.Dataset):
     """Per-step samples (see the module docstring) over the episodes of a ClipDataset of single frames."""
 
     def __init__(self, clips: ClipDataset, n_obs: int, horizon: int, state_norm: Normalizer,
-                 action_norm: Normalizer, text_index: dict[str, int], state_key: str = "observation.state"):
-        states = clips.states if state_key == "observation.state" else clips.env_states
+                 action_norm: Normalizer, text_index: dict[str, int], state_key: str = STATE_KEY):
+        states = clips.states if state_key == STATE_KEY else clips.env_states
         if clips.actions is None or states is None:
             raise RepwamError(f"the plain policy learns from `action` and `{state_key}`: some dataset lacks them")
         if clips.num_frames != 1 or clips.frame_stride != 1:
@@ -130,7 +131,7 @@ class PlainStage(Stage):
         if self.state_norm is None or self.action_norm is None:
             raise RepwamError(f"the plain policy normalises states and actions with meta/stats.json: some dataset has "
                               f"no stats of `{cfg.state_key}` / `action` (regenerate it with repwam data generate)")
-        if cfg.state_key != "observation.state":
+        if cfg.state_key == ENV_STATE_KEY:
             self.state_norm = Normalizer(self.state_norm.mean, [max(s, ENV_STATE_MIN_STD) for s in self.state_norm.std])
         encoder = TextEncoder(cfg.text_encoder, cache_dir=Path(data[0]) / "cache" / "text")
         self.text_spec = encoder.spec()

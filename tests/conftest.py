@@ -90,3 +90,40 @@ def video_only_copy(src_root: Path, dst: Path) -> Path:
     from repwam.data.inspect import video_only
 
     return video_only(src_root, dst)
+
+
+
+def torchrun(script: Path, args: list, root: Path, nproc: int = 2, timeout: int = 600) -> Path:
+    """`python -m torch.distributed.run --standalone --nproc_per_node nproc script OUT *args` with one thread per
+    rank; OUT is a new directory under root, returned. Each rank's stdout/stderr goes to its own file under OUT/logs,
+    so a failure shows every rank's last lines (torchrun's own summary says only which rank died, and how).
+
+    When the first failure is a rank killed by a signal (torchrun's "Root Cause" exit code negative: gloo's TCP
+    transport aborting, seen once on CI as rank 0's SIGABRT with no traceback and rank 1 then reading "Connection
+    reset by peer"), the run is repeated once in a fresh OUT, with a warning carrying the first attempt's logs. A
+    rank that raised (exit code 1), or a second failure, fails the test."""
+    import re
+    import subprocess
+    import sys
+    import warnings
+
+    def attempt(n: int):
+        out = root / f"torchrun{n}"
+        out.mkdir(parents=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "--log-dir", str(out / "logs"), "--redirects", "3", str(script), str(out), *map(str, args)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_SHOW_CPP_STACKTRACES": "1"}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        logs = [(f"{f.parent.name}/{f.name}", f.read_text(errors="replace"))
+                for f in sorted((out / "logs").rglob("std*.log"))]
+        report = "".join(f"--- rank {name} ---\n{text[-2500:]}\n" for name, text in logs if text.strip())
+        report += f"--- torchrun ---\n{proc.stderr[-2000:]}"
+        cause = re.search(r"Root Cause.*?exitcode\s*:\s*(-?\d+)", proc.stderr, re.S)
+        return out, proc.returncode, bool(cause and int(cause.group(1)) < 0), report
+
+    out, code, signalled, report = attempt(0)
+    if code != 0 and signalled:
+        warnings.warn(f"torchrun: a rank was killed by a signal; repeating once. The first attempt:\n{report}")
+        out, code, _, report = attempt(1)
+    assert code == 0, report
+    return out

@@ -5,9 +5,6 @@ rank's outputs."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import torch
 
@@ -52,36 +49,33 @@ train_lat(cfg, [sys.argv[2]], out / "run", progress=False)
 '''
 
 
-def torchrun(tmp_path, tiny_dataset, tiny_tokenizer, accum_steps: int = 1):
-    """Run SCRIPT on 2 ranks; returns what each rank recorded."""
+def run_ranks(tmp_path, tiny_dataset, tiny_tokenizer, accum_steps: int = 1):
+    """Run SCRIPT on 2 ranks; returns the run's directory and what each rank recorded."""
+    from conftest import torchrun
     from repwam.tokenizer.tokenize import tokenize_dataset
 
     tokenize_dataset(tiny_tokenizer, tiny_dataset, progress=False)  # the cache both ranks read
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(tmp_path), str(tiny_dataset), str(tiny_tokenizer), str(accum_steps)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    out = torchrun(script, [tiny_dataset, tiny_tokenizer, accum_steps], tmp_path)
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 def test_torchrun_two_ranks_stay_in_sync(tiny_dataset, tiny_tokenizer, tmp_path):
     from repwam.lat.model import LatentActionTokenizer
 
-    r0, r1 = torchrun(tmp_path, tiny_dataset, tiny_tokenizer)
+    out, (r0, r1) = run_ranks(tmp_path, tiny_dataset, tiny_tokenizer)
     assert r0["world"] == r1["world"] == 2
     assert r0["hash"] == r1["hash"], "identical parameters on both ranks after 6 steps"
     assert r0["batches"] == r1["batches"] == [8] * 6, "each rank takes half of every global batch of 16"
     assert r0["no_sync"] == 0
     # the checkpoint (written by rank 0) loads in one process and gives the same outputs
-    model = LatentActionTokenizer.from_pretrained(tmp_path / "run" / "checkpoints" / "last")
+    model = LatentActionTokenizer.from_pretrained(out / "run" / "checkpoints" / "last")
     params = torch.cat([p.detach().flatten() for p in model.parameters()])
     import hashlib
 
     assert hashlib.sha256(params.numpy().tobytes()).hexdigest() == r0["hash"]
-    state = torch.load(tmp_path / "run" / "training_state.pt", weights_only=False)
+    state = torch.load(out / "run" / "training_state.pt", weights_only=False)
     assert state["step"] == 6 and len(state["rank_rngs"]) == 2
 
 
@@ -91,7 +85,7 @@ def test_torchrun_accumulation_matches_one_process(tiny_dataset, tiny_tokenizer,
     from repwam.lat.model import LatentActionTokenizer
     from repwam.train.lat import LATTrainConfig, train_lat
 
-    r0, r1 = torchrun(tmp_path, tiny_dataset, tiny_tokenizer, accum_steps=2)
+    out, (r0, r1) = run_ranks(tmp_path, tiny_dataset, tiny_tokenizer, accum_steps=2)
     assert r0["hash"] == r1["hash"]
     assert r0["batches"] == r1["batches"] == [4] * 12
     assert r0["no_sync"] == r1["no_sync"] == 6, "no gradient all-reduce on the first micro-batch of each step"
@@ -100,7 +94,7 @@ def test_torchrun_accumulation_matches_one_process(tiny_dataset, tiny_tokenizer,
     cfg.optim.warmup = 1
     one = train_lat(cfg, [tiny_dataset], tmp_path / "one", progress=False)
     a = LatentActionTokenizer.from_pretrained(one).state_dict()
-    b = LatentActionTokenizer.from_pretrained(tmp_path / "run" / "checkpoints" / "last").state_dict()
+    b = LatentActionTokenizer.from_pretrained(out / "run" / "checkpoints" / "last").state_dict()
     # atol: 6 AdamW steps at lr 1e-3 move a weight by up to 6e-3; float rounding moves the bias of the attention
     # keys (zero gradient in exact arithmetic, as softmax ignores a shift shared by all keys) by ~1e-5
     for k in a:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -115,19 +113,15 @@ rank = torch.distributed.get_rank()
 
 
 def test_fsdp_two_ranks_resume_and_one_process_checkpoint(tiny_dataset, tiny_tokenizer, tiny_lat, tmp_path):
+    from conftest import torchrun
     from repwam.train.wam import prepare_caches
     from repwam.wam.model import WorldActionModel
 
     prepare_caches(str(tiny_tokenizer), str(tiny_lat), [tiny_dataset], progress=False)  # the caches both ranks read
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(script), str(tmp_path), str(tiny_dataset), str(tiny_tokenizer), str(tiny_lat),
-           os.path.dirname(__file__)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    out = torchrun(script, [tiny_dataset, tiny_tokenizer, tiny_lat, os.path.dirname(__file__)], tmp_path)
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
     a0, a1 = r0["straight"], r1["straight"]
     assert a0["param_type"] == "DTensor" and a0["local_numel"] + a1["local_numel"] == a0["numel"], "sharded in two"
     assert a0["model"] == a1["model"] and a0["ema"] == a1["ema"], "both ranks hold the same full weights"
@@ -135,13 +129,13 @@ def test_fsdp_two_ranks_resume_and_one_process_checkpoint(tiny_dataset, tiny_tok
     assert r0["batches"] == r1["batches"] == [2] * (4 + 2 + 2 + 3)
     assert r0["interrupted_state"] == [".metadata", "__0_0.distcp", "__1_0.distcp", "trainer.pt"]
     assert r0["resumed"]["model"] == a0["model"] and r0["resumed"]["ema"] == a0["ema"], "exact resume"
-    assert not (tmp_path / "a" / "training_state.pt").exists()
+    assert not (out / "a" / "training_state.pt").exists()
     # the weights checkpoint (the EMA weights, gathered) in one plain process: the same losses on the same batch
-    model = WorldActionModel.from_pretrained(tmp_path / "a" / "checkpoints" / "last")
+    model = WorldActionModel.from_pretrained(out / "a" / "checkpoints" / "last")
     flat = torch.cat([v.detach().flatten().float() for v in model.state_dict().values()])
     assert hashlib.sha256(flat.numpy().tobytes()).hexdigest() == a0["ema"], "the checkpoint holds the EMA weights"
-    assert json.loads((tmp_path / "a" / "checkpoints" / "last" / "config.json").read_text())["step"] == 4
-    batch = torch.load(tmp_path / "straight_batch.pt", weights_only=False)
+    assert json.loads((out / "a" / "checkpoints" / "last" / "config.json").read_text())["step"] == 4
+    batch = torch.load(out / "straight_batch.pt", weights_only=False)
     with torch.no_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         losses = model.loss(batch, chunk_size=2, drop_video=False)
@@ -161,7 +155,7 @@ def test_fsdp_two_ranks_resume_and_one_process_checkpoint(tiny_dataset, tiny_tok
     assert exp_avg > 0
     assert r0["fixed_noise"]["exp_avg"] == pytest.approx(exp_avg, rel=1e-4), "the gradients' scale: a mean over ranks"
     a = WorldActionModel.from_pretrained(one).state_dict()
-    b = WorldActionModel.from_pretrained(tmp_path / "fixed_noise" / "checkpoints" / "last").state_dict()
+    b = WorldActionModel.from_pretrained(out / "fixed_noise" / "checkpoints" / "last").state_dict()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5, msg=k)
 

@@ -175,3 +175,34 @@ def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):
     earlier = {"joint": {"reported": {"mean": 0.55, "std": 0.01, "seeds": 3}}, **summary}
     assert plot_ablation(earlier, tmp_path / "b.png").stat().st_size > 1000
     assert ablation_table({}) == "(no finished (row, seed) yet)"
+
+
+def test_sigterm_stops_the_running_jobs_with_the_pipeline(tmp_path):
+    """A pipeline that is killed (SIGTERM: a scheduler, `kill`) terminates its running jobs' processes instead of
+    leaving them to write on into run directories that the next sitting resumes."""
+    import os
+    import signal
+    import sys
+    import time
+
+    p = Pipeline(tmp_path / "run", PipelineConfig(jobs=1))
+    p.add("sleep", ["noop"], p.out / "sleep.done")
+    pid_file = tmp_path / "pid"
+    p._command = lambda job, cores=1: [sys.executable, "-c", f"import os, time; open({str(pid_file)!r}, 'w')"
+                                       f".write(str(os.getpid())); time.sleep(120)"]
+
+    def kill_when_started():
+        while not pid_file.exists() or not pid_file.read_text():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_when_started, daemon=True).start()
+    before = signal.getsignal(signal.SIGTERM)
+    t0 = time.time()
+    with pytest.raises(SystemExit):
+        p.run(progress=False)
+    assert time.time() - t0 < 60 and signal.getsignal(signal.SIGTERM) is before
+    child = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):  # gone (and reaped), not orphaned
+        os.kill(child, 0)
+    assert not (p.out / "sleep.done").exists()

@@ -327,6 +327,66 @@ def test_privileged_reference_reads_the_simulator_state(tiny_dataset, tmp_path):
         policy.infer({CAM: frame, ENV_STATE_KEY: env_state[:10]})
 
 
+def test_aux_read_out_learns_its_target_and_never_acts():
+    """aux_dim > 0: the read-out's MSE joins the flow loss and goes down on a tiny batch (the memory carries the
+    target), and the head is training-only: other aux-head weights sample exactly the same actions."""
+    torch.manual_seed(0)
+    cfg = PlainConfig.preset("tiny", **MICRO, image_size=32, aux_dim=7)
+    model = PlainPolicyModel(cfg)
+    b = {**fake_batch(cfg), "aux": torch.randn(4, 7, generator=torch.Generator().manual_seed(3))}
+    out = model.loss(b, aux_weight=0.5)
+    assert set(out) == {"loss", "flow", "aux"}
+    assert float(out["loss"].detach()) == pytest.approx(float(out["flow"] + 0.5 * out["aux"]), rel=1e-5)
+    assert set(PlainPolicyModel(PlainConfig.preset("tiny", **MICRO, image_size=32)).loss(b)) == {"loss"}
+    first = float(out["aux"])
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for _ in range(150):
+        loss = model.loss(b)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert float(model.loss(b)["aux"]) < 0.2 * first
+    noise = torch.randn(4, 16, 4, generator=torch.Generator().manual_seed(5))
+    args = (b["images"], b["state"], b["text"], b["text_mask"])
+    before = model.sample_actions(*args, noise=noise)
+    with torch.no_grad():
+        for prm in model.aux_head.parameters():
+            prm.normal_()
+    torch.testing.assert_close(model.sample_actions(*args, noise=noise), before, rtol=0, atol=0)
+
+
+def test_aux_target_is_the_simulator_state_at_the_current_step(tiny_dataset, tmp_path):
+    """`aux_key=observation.environment_state`: each sample's target is the normalised simulator observation of
+    its own step; the checkpoint records the key, the policy stays unprivileged (camera + robot state)."""
+    from repwam.data.dataset import ClipDataset
+    from repwam.serve import ENV_STATE_KEY
+    from repwam.train.plain import PlainStage, PlainTrainConfig, train_plain
+
+    with pytest.raises(RepwamError, match="aux_key must be"):
+        PlainTrainConfig(aux_key="observation.state")
+    with pytest.raises(RepwamError, match="pick one"):
+        PlainTrainConfig(aux_key=ENV_STATE_KEY, state_key=ENV_STATE_KEY)
+    cfg = PlainTrainConfig(aux_key=ENV_STATE_KEY, val_fraction=0.34,
+                           optim=OptimConfig(steps=2, batch_size=8, warmup=1, save_every=2, val_items=8))
+    stage = PlainStage(cfg, [tiny_dataset], progress=False)
+    clips = ClipDataset(tiny_dataset, num_frames=1, split="train", val_fraction=0.34, progress=False)
+    i = len(stage.train_set) // 2
+    slot, t = clips.index[i]
+    want = stage.aux_norm(clips.env_states[clips.episodes[slot].start + t][None])[0]
+    torch.testing.assert_close(stage.train_set[i]["aux"], want.float())
+    assert stage.model.cfg.aux_dim == 39 and stage.model.cfg.state_dim == 4
+    ckpt = train_plain(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    assert PlainPolicyModel.from_pretrained(ckpt).checkpoint_meta["aux_key"] == ENV_STATE_KEY
+    policy = load_policy(ckpt)
+    assert not policy.metadata["privileged"] and policy.metadata["state_dim"] == 4
+    ep = clips.episodes[0]
+    policy.reset(ep.task)
+    obs = {CAM: clips.frames[ep.start], "observation.state": clips.states[ep.start]}
+    assert policy.infer(obs)["actions"].shape == (8, 4)
+
+
 def test_cli_help_lists_the_stage_options(capsys):
     from repwam.cli import _train
 

@@ -929,3 +929,59 @@ def test_default_text_encoder_is_minilm():
     model.check_compatible(tokens_per_frame=L, latent_dim=DV, action_dim=A, text_dim=enc.dim)
     with pytest.raises(RepwamError, match="text dim = 384 but got 32"):
         model.check_compatible(text_dim=32)
+
+
+def test_state_tokens_read_out_a_privileged_target_causally_and_only_in_training():
+    """aux_dim: each clean state token's final hidden state regresses its frame's target (added to the loss with
+    aux_loss_weight); it sees no later chunk, it learns (the loss goes down on one clip), sampling never reads it,
+    and adaptation adds the head as a new robot-stream parameter."""
+    with pytest.raises(RepwamError, match="needs state_dim > 0"):
+        WAMConfig.preset("tiny", robot_action_dim=AR, aux_dim=7)
+    model = scrambled(**ROBOT, aux_dim=7, aux_loss_weight=0.5)  # every path live (no zero gates)
+    B, T, k = 2, 5, 2
+    batch = {**clip(B, T, robot=True), "aux": torch.randn(B, T, 7, generator=torch.Generator().manual_seed(4))}
+    noisy = noisy_inputs(B, T, robot=True)
+    with torch.no_grad():
+        a = tf(model, batch, noisy, k, aux=True)["aux"]  # clean frames 0..2: chunks 0 ({0}) and 1 ({1, 2})
+        assert a.shape == (B, 3, 7) and "aux" not in tf(model, batch, noisy, k)
+        later = {**batch, "z": batch["z"].clone()}
+        later["z"][:, 3:] += 1.0  # frames of chunk 2, never clean context
+        assert torch.equal(tf(model, later, noisy, k, aux=True)["aux"], a)
+        later["z"][:, 1] += 1.0  # chunk 1: frame 0's state token must not see it
+        b = tf(model, later, noisy, k, aux=True)["aux"]
+        assert torch.equal(b[:, 0], a[:, 0]) and (b[:, 1:] - a[:, 1:]).abs().max() > 1e-4
+    torch.manual_seed(1)
+    out = model.loss(batch, chunk_size=k, drop_video=False, drop_ell=False)
+    parts = out["video"] + out["action"] + out["robot"] + 0.5 * out["aux"]
+    assert float(out["loss"].detach()) == pytest.approx(float(parts), rel=1e-5)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    first = float(out["aux"])
+    model.train()
+    for _ in range(60):
+        loss = model.loss(batch, chunk_size=k)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        assert float(model.loss(batch, chunk_size=k, drop_video=False)["aux"]) < 0.5 * first
+
+        def sample():
+            cache = model.new_cache(batch["text"], batch["text_mask"])
+            model.append(cache, batch["z"][:, :1], state=batch["state"][:, :1])
+            g = torch.Generator().manual_seed(3)
+            noise = {"z": torch.randn(B, k, L, DV, generator=g), "ell": torch.randn(B, k, A, generator=g),
+                     "robot": torch.randn(B, k, PER, AR, generator=g)}
+            return model.sample_chunk(cache, k, noise=noise, video_steps=2, action_steps=2)
+
+        before = sample()
+        for p in model.io["robot"].aux_head.parameters():
+            p.normal_()
+        after = sample()
+    assert all(torch.equal(before[key], after[key]) for key in before if torch.is_tensor(before[key]))
+
+
+def test_adaptation_adds_the_read_out_head(tmp_path):
+    path = WorldActionModel(WAMConfig.preset("tiny")).save_pretrained(tmp_path / "pre")
+    model = WorldActionModel.from_pretrained(path, allow_new_streams=True, **ROBOT, aux_dim=7)
+    assert {"io.robot.aux_head.1.weight", "io.robot.aux_head.3.weight"} <= set(model.new_parameters)

@@ -95,6 +95,33 @@ def test_adapt_adds_the_action_expert_and_keeps_lineage(adapted, wam_ckpt):
     assert meta["parents"] == pre.checkpoint_meta["parents"]
 
 
+def test_adapt_with_the_read_out_of_the_simulator_state(wam_ckpt, tiny_dataset, tmp_path):
+    """aux_key: clips carry the normalised simulator observation at each latent frame's last raw frame (where the
+    state is taken), the adapted model has the 39-d read-out and the checkpoint names the key; it is refused where
+    there are no state tokens."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.serve import ENV_STATE_KEY
+    from repwam.train.wam import WAMStage
+
+    with pytest.raises(RepwamError, match="needs --stage adapt or joint"):
+        WAMTrainConfig(aux_key=ENV_STATE_KEY)
+    with pytest.raises(RepwamError, match="aux_key must be"):
+        WAMTrainConfig(stage="adapt", aux_key="observation.state")
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         aux_key=ENV_STATE_KEY, optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3,
+                                                                  warmup=1, save_every=2, val_items=8))
+    stage = WAMStage(cfg, [tiny_dataset], progress=False)
+    item = stage.train_set[3]
+    d, e, s = stage.train_set.index[3]
+    env = np.asarray(LeRobotDataset(tiny_dataset).episode_data(e)[ENV_STATE_KEY], np.float32)
+    rows = np.minimum(4 * np.arange(s, s + 4), len(env) - 1)  # temporal patch 4, stride 1
+    torch.testing.assert_close(torch.as_tensor(item["aux"]), torch.as_tensor(stage.train_set.aux_norm(env[rows])))
+    assert item["aux"].shape == (4, 39) and min(stage.train_set.aux_norm.std) >= 1e-2
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = WorldActionModel.from_pretrained(ckpt)
+    assert model.cfg.aux_dim == 39 and model.checkpoint_meta["aux_key"] == ENV_STATE_KEY
+
+
 def test_adapt_refuses_another_lat(adapted, wam_ckpt, tiny_tokenizer, tiny_dataset, tmp_path):
     from repwam.lat.model import LatentActionTokenizer
 

@@ -86,6 +86,10 @@ class PlainConfig(ModelConfig):
     time_freq_dim: int = 256
     # inference default
     steps: int = 10  # Euler steps (the WAM's action_steps)
+    # training only: a privileged read-out (0: none). An MLP on the pooled observation memory regresses an
+    # aux_dim-d target of the current step (train/plain's aux_key: the simulator's object and goal poses), so the
+    # encoder must find them in the image; sampling never uses it and the policy never sees the target.
+    aux_dim: int = 0
 
     def __post_init__(self):
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -101,8 +105,8 @@ class PlainConfig(ModelConfig):
             raise RepwamError(f"conv_channels must be multiples of 8 (GroupNorm of 8 groups), got {self.conv_channels}")
         if self.width % self.heads or self.width % 4:
             raise RepwamError(f"width={self.width} must split into heads={self.heads} and be a multiple of 4")
-        for name in ("n_obs", "horizon", "steps", "state_dim", "action_dim", "depth", "obs_depth"):
-            if getattr(self, name) < (0 if name in ("state_dim", "obs_depth") else 1):
+        for name in ("n_obs", "horizon", "steps", "state_dim", "action_dim", "depth", "obs_depth", "aux_dim"):
+            if getattr(self, name) < (0 if name in ("state_dim", "obs_depth", "aux_dim") else 1):
                 raise RepwamError(f"PlainConfig.{name} is out of range: {getattr(self, name)}")
 
     @property
@@ -275,6 +279,8 @@ class PlainPolicyModel(Pretrained, nn.Module):
         self.head_norm = nn.LayerNorm(W, elementwise_affine=False, eps=1e-6)
         self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(W, 2 * W))
         self.head = nn.Linear(W, cfg.action_dim)
+        self.aux_head = nn.Sequential(nn.Linear(W, W), nn.GELU(approximate="tanh"), nn.Linear(W, cfg.aux_dim)) \
+            if cfg.aux_dim else None  # training only (see PlainConfig.aux_dim)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -354,9 +360,10 @@ class PlainPolicyModel(Pretrained, nn.Module):
         m = memory_mask[..., None].to(memory.dtype)
         return self.cond_mlp((memory * m).sum(1) / m.sum(1).clamp(min=1))
 
-    def loss(self, batch: dict, noise=None, alpha=None) -> dict[str, torch.Tensor]:
+    def loss(self, batch: dict, noise=None, alpha=None, aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Rectified flow on the action chunk. batch: images, state, text, text_mask, action (B, H, A) normalised,
-        action_mask (B, H) bool. noise / alpha: fixed draws (validation); drawn here otherwise."""
+        action_mask (B, H) bool, and with an aux head `aux` (B, aux_dim), the read-out's target (its MSE, times
+        aux_weight, is added). noise / alpha: fixed draws (validation); drawn here otherwise."""
         u = batch["action"].float()
         noise = torch.randn_like(u) if noise is None else noise
         alpha = torch.rand(u.shape[0], device=u.device) if alpha is None else alpha
@@ -366,7 +373,15 @@ class PlainPolicyModel(Pretrained, nn.Module):
         v = self.velocity(x, alpha, memory, mask).float()
         valid = batch["action_mask"].float()[..., None]
         err = ((v - (u - noise)) ** 2 * valid).sum() / (valid.sum() * u.shape[-1]).clamp(min=1)
-        return {"loss": err}
+        if self.aux_head is None or "aux" not in batch:
+            return {"loss": err}
+        aux = F.mse_loss(self.read_aux(memory, mask).float(), batch["aux"].float())
+        return {"loss": err + aux_weight * aux, "flow": err.detach(), "aux": aux.detach()}
+
+    def read_aux(self, memory, memory_mask):
+        """The privileged read-out (PlainConfig.aux_dim): masked mean of the memory -> MLP -> (B, aux_dim)."""
+        m = memory_mask[..., None].to(memory.dtype)
+        return self.aux_head((memory * m).sum(1) / m.sum(1).clamp(min=1))
 
     @torch.no_grad()
     def denoise(self, memory, memory_mask, steps: int | None = None, noise=None, generator=None):

@@ -19,6 +19,11 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     plain_goal   a privileged reference, not a baseline: the plain policy whose state token is the whole simulator
                  observation (object poses and the goal), so it need not see the goal; it separates "cannot see
                  where to go" from "cannot act"
+    plain_aux    the plain policy trained with a privileged read-out (`repwam train plain --aux-key
+                 observation.environment_state`): the simulator state is a training target only, the deployed policy
+                 sees what `plain` sees
+    repwam_aux   repwam whose adaptation also reads the simulator state out of the state tokens (`--aux-key`,
+                 a training target only, as plain_aux); shares repwam's pretraining
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 """
@@ -27,8 +32,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
@@ -38,9 +45,11 @@ from tqdm import tqdm
 
 from repwam.errors import RepwamError
 
-ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal")
-DEFAULT_ROWS = ROWS[:-1]  # the table's rows; the privileged reference runs when asked for
-PLAIN_ROWS = ("plain", "plain_goal")  # trained by `repwam train plain`; their runs are named plain_<row>_s<seed>
+ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "repwam_aux")
+DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
+PLAIN_ROWS = ("plain", "plain_goal", "plain_aux")  # trained by `repwam train plain`; runs named plain_<row>_s<seed>
+PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", "observation.environment_state"],
+              "plain_aux": ["--aux-key", "observation.environment_state"]}
 
 
 def eval_run(row: str, seed: int) -> str:
@@ -94,6 +103,8 @@ class Pipeline:
     def __init__(self, out: str | Path, cfg: PipelineConfig):
         self.out, self.cfg = Path(out), cfg
         self.jobs: dict[str, Job] = {}
+        self._procs: set[subprocess.Popen] = set()  # the running jobs (see _stop_jobs)
+        self._lock = threading.Lock()
         views = "" if cfg.cameras == "corner3" else "@" + cfg.cameras.replace(",", "+")
         self.data = self.out / "data" / (cfg.tasks.replace(",", "+") + views)
 
@@ -175,9 +186,8 @@ class Pipeline:
         """The jobs of one (row, seed); returns the evaluation job."""
         c, tag = self.cfg, f"{row}_s{seed}"
         if row in PLAIN_ROWS:
-            goal = ["--state-key", "observation.environment_state"] if row == "plain_goal" else []
             run = eval_run(row, seed)
-            return self.evaluate(run, [self.train("plain", run, c.plain_steps, ["--preset", c.preset, *goal],
+            return self.evaluate(run, [self.train("plain", run, c.plain_steps, ["--preset", c.preset, *PLAIN_ARGS[row]],
                                                   [self.dataset()], seed)])
         tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae"}.get(row, "default")
         lat = self.lat(tok_recipe)
@@ -189,10 +199,12 @@ class Pipeline:
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []
         no_state = ["--no-use-state"] if row == "no_state" else []
-        pre_run = f"wampre_repwam_s{seed}" if row == "no_state" else f"wampre_{tag}"  # the same pretraining
+        aux = ["--aux-key", "observation.environment_state"] if row == "repwam_aux" else []
+        shares = row in ("no_state", "repwam_aux")
+        pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
-                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state], [pre],
+                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux], [pre],
                            seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 
@@ -228,7 +240,14 @@ class Pipeline:
         with open(log, "a") as fh:
             fh.write(f"\n$ repwam {' '.join(job.args)}\n")
             fh.flush()
-            proc = subprocess.run(self._command(job, cores), stdout=fh, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(self._command(job, cores), stdout=fh, stderr=subprocess.STDOUT, env=env)
+            with self._lock:
+                self._procs.add(proc)
+            try:
+                proc.wait()
+            finally:
+                with self._lock:
+                    self._procs.discard(proc)
         if proc.returncode != 0:
             tail = log.read_text()[-1500:]
             raise RepwamError(f"job {job.name} failed (exit {proc.returncode}); log {log}:\n{tail}")
@@ -270,9 +289,34 @@ class Pipeline:
 
         return [n for n in self.jobs if needed(n)]
 
+    def _stop_jobs(self) -> None:
+        """Terminate the running jobs' processes (then kill what is left after 10 s): a stopped pipeline leaves no
+        trainer behind to write on into a run directory the next sitting resumes."""
+        with self._lock:
+            procs = list(self._procs)
+        for proc in procs:
+            proc.terminate()
+        deadline = time.time() + 10
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(deadline - time.time(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
     def run(self, progress: bool = True) -> dict[str, float]:
         """Run every job whose proof is missing, `cfg.jobs` at a time in dependency order; returns seconds per job
-        run now. The first failure stops new jobs (running ones finish) and is raised."""
+        run now. The first failure stops new jobs (running ones finish) and is raised. Interrupted (Ctrl-C, or
+        SIGTERM, which is turned into SystemExit while this runs in the main thread), it terminates the running
+        jobs first: their runs resume from their last save next time."""
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm) if main else None
+        try:
+            return self._run_all(progress)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
+
+    def _run_all(self, progress: bool) -> dict[str, float]:
         t0 = time.time()
         todo = {n: self.jobs[n] for n in self.pending()}
         finished = set(self.jobs) - set(todo)
@@ -282,30 +326,34 @@ class Pipeline:
         cores: dict[str, int] = {}  # of the running jobs
         error = None
         with ThreadPoolExecutor(max_workers=self.cfg.jobs) as pool:
-            while todo or running:
-                ready = [n for n, j in todo.items() if all(d in finished for d in j.needs)] if error is None else []
-                for n in ready:
-                    free = self.cfg.jobs - sum(cores.values())
-                    if free < 1:
+            try:
+                while todo or running:
+                    ready = [n for n, j in todo.items() if all(d in finished for d in j.needs)] if error is None else []
+                    for n in ready:
+                        free = self.cfg.jobs - sum(cores.values())
+                        if free < 1:
+                            break
+                        cores[n] = min(todo[n].max_cores, free)
+                        running[pool.submit(self._run, todo.pop(n), cores[n])] = n
+                        bar.set_postfix_str(", ".join(running.values()))
+                    if not running:
+                        if todo and error is None:
+                            raise RepwamError(f"jobs {sorted(todo)} wait on jobs that cannot run")
                         break
-                    cores[n] = min(todo[n].max_cores, free)
-                    running[pool.submit(self._run, todo.pop(n), cores[n])] = n
-                    bar.set_postfix_str(", ".join(running.values()))
-                if not running:
-                    if todo and error is None:
-                        raise RepwamError(f"jobs {sorted(todo)} wait on jobs that cannot run")
-                    break
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
-                for f in done:
-                    name = running.pop(f)
-                    cores.pop(name)
-                    try:
-                        times[name] = f.result()
-                        finished.add(name)
-                        bar.update(1)
-                        self._save_timing(name, times[name])
-                    except RepwamError as e:
-                        error = error or e
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        name = running.pop(f)
+                        cores.pop(name)
+                        try:
+                            times[name] = f.result()
+                            finished.add(name)
+                            bar.update(1)
+                            self._save_timing(name, times[name])
+                        except RepwamError as e:
+                            error = error or e
+            except BaseException:  # Ctrl-C, SIGTERM: no job outlives the pipeline
+                self._stop_jobs()
+                raise
         bar.close()
         if times:  # this sitting ran something: its wall time counts
             self.out.mkdir(parents=True, exist_ok=True)
@@ -313,6 +361,10 @@ class Pipeline:
         if error is not None:
             raise error
         return times
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[int]) -> Pipeline:

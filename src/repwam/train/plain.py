@@ -11,6 +11,11 @@ The state is `observation.state` (the robot's: hand xyz + gripper) by default; `
 observation.environment_state` gives the policy the full simulator observation instead (object poses and the goal):
 a privileged reference that tells how well the same policy does when it need not see the goal (not deployable:
 a real robot has no such observation).
+`aux_key = observation.environment_state` keeps the camera policy and adds a privileged *training target* instead:
+    aux          (D_e,)                   the simulator observation at step t, normalised (std floored)
+which an MLP on the pooled observation memory regresses (`PlainConfig.aux_dim`, MSE times `aux_weight` added to the
+flow loss), so the image encoder has to find the objects and the goal; the deployed policy sees only the camera,
+its state and the instruction, as without it. (Asymmetric / privileged auxiliary losses as in robot RL.)
 Training frames get a random shift (pad `aug_shift` pixels by replication, crop back; the same shift for every frame
 of a sample): DrQ's augmentation, diffusion policy's random crop. Validation and the policy see plain frames.
 
@@ -34,12 +39,11 @@ from repwam.errors import RepwamError
 from repwam.policy.plain import ENCODERS, PlainConfig, PlainPolicyModel
 from repwam.serve import ENV_STATE_KEY, STATE_KEY
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
-from repwam.wam.data import TextTable, dataset_stats
+from repwam.wam.data import ENV_STATE_MIN_STD, TextTable, dataset_stats
 from repwam.wam.text import TextEncoder
 
 VAL_BATCH = 64  # validation batch size (only speed depends on it)
 STATE_KEYS = (STATE_KEY, ENV_STATE_KEY)
-ENV_STATE_MIN_STD = 1e-2  # some simulator dims (a second object's pose) are constant in a task set: no blow-ups
 
 
 @dataclass
@@ -48,6 +52,8 @@ class PlainTrainConfig:
     encoder: str | None = None  # "vit" | "resnet"; None: the preset's
     cameras: tuple[str, ...] | None = None  # the views it sees at once (None: every camera of the first dataset)
     state_key: str = STATE_KEY  # or ENV_STATE_KEY ("observation.environment_state"): the privileged reference
+    aux_key: str | None = None  # ENV_STATE_KEY: read the simulator state out of the memory in training (None: off)
+    aux_weight: float = 1.0  # the read-out's MSE weight in the loss
     n_obs: int = 2  # frames observed per plan
     horizon: int = 16  # raw actions per chunk
     aug_shift: int = 4  # random-shift augmentation in pixels (0: off)
@@ -65,16 +71,26 @@ class PlainTrainConfig:
             raise RepwamError(f"state_key must be one of {STATE_KEYS}, got {self.state_key!r}")
         if self.aug_shift < 0:
             raise RepwamError(f"aug_shift must be >= 0, got {self.aug_shift}")
+        if self.aux_key not in (None, ENV_STATE_KEY):
+            raise RepwamError(f"aux_key must be {ENV_STATE_KEY!r} or unset, got {self.aux_key!r}")
+        if self.aux_key is not None and self.state_key == ENV_STATE_KEY:
+            raise RepwamError("aux_key reads the simulator state the policy already gets as state_key: pick one")
+        if self.aux_weight < 0:
+            raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
 
 
 class PlainSamples(torch.utils.data.Dataset):
     """Per-step samples (see the module docstring) over the episodes of a ClipDataset of single frames."""
 
     def __init__(self, clips: ClipDataset, n_obs: int, horizon: int, state_norm: Normalizer,
-                 action_norm: Normalizer, text_index: dict[str, int], state_key: str = STATE_KEY):
+                 action_norm: Normalizer, text_index: dict[str, int], state_key: str = STATE_KEY,
+                 aux_norm: Normalizer | None = None):
         states = clips.states if state_key == STATE_KEY else clips.env_states
         if clips.actions is None or states is None:
             raise RepwamError(f"the plain policy learns from `action` and `{state_key}`: some dataset lacks them")
+        if aux_norm is not None and clips.env_states is None:
+            raise RepwamError(f"the read-out's target `{ENV_STATE_KEY}` is missing from some dataset")
+        self.aux = aux_norm(clips.env_states).numpy() if aux_norm is not None else None
         if clips.num_frames != 1 or clips.frame_stride != 1:
             raise RepwamError("PlainSamples wants a ClipDataset of single frames at stride 1")
         self.clips, self.n_obs, self.horizon = clips, n_obs, horizon
@@ -93,13 +109,16 @@ class PlainSamples(torch.utils.data.Dataset):
         mask = steps < ep.length
         action = self.actions[ep.start + np.minimum(steps, ep.length - 1)].copy()
         action[~mask] = 0.0
-        return {
+        item = {
             "frames": torch.from_numpy(self.clips.frames[obs]).movedim(-1, -3),  # (n_obs, V, 3, H, W) uint8
             "state": torch.from_numpy(self.states[obs]),
             "action": torch.from_numpy(action),
             "action_mask": torch.from_numpy(mask),
             "text": self.text_index[ep.task],
         }
+        if self.aux is not None:
+            item["aux"] = torch.from_numpy(self.aux[ep.start + t])
+        return item
 
 
 def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -126,23 +145,29 @@ class PlainStage(Stage):
         train_clips = ClipDataset(data, split="train", **common)
         val_clips = ClipDataset(data, split="val", **common) if cfg.val_fraction > 0 else None
         datasets = train_clips.datasets
-        self.state_norm = dataset_stats(datasets, cfg.state_key)
+        floor = ENV_STATE_MIN_STD if cfg.state_key == ENV_STATE_KEY else 0.0
+        self.state_norm = dataset_stats(datasets, cfg.state_key, floor)
         self.action_norm = dataset_stats(datasets, "action")
         if self.state_norm is None or self.action_norm is None:
             raise RepwamError(f"the plain policy normalises states and actions with meta/stats.json: some dataset has "
                               f"no stats of `{cfg.state_key}` / `action` (regenerate it with repwam data generate)")
-        if cfg.state_key == ENV_STATE_KEY:
-            self.state_norm = Normalizer(self.state_norm.mean, [max(s, ENV_STATE_MIN_STD) for s in self.state_norm.std])
+        self.aux_norm = None
+        if cfg.aux_key is not None:
+            self.aux_norm = dataset_stats(datasets, cfg.aux_key, ENV_STATE_MIN_STD)
+            if self.aux_norm is None:
+                raise RepwamError(f"the read-out's target is normalised with meta/stats.json: some dataset has no "
+                                  f"stats of `{cfg.aux_key}` (regenerate it with repwam data generate)")
         encoder = TextEncoder(cfg.text_encoder, cache_dir=Path(data[0]) / "cache" / "text")
         self.text_spec = encoder.spec()
         episodes = train_clips.episodes + (val_clips.episodes if val_clips is not None else [])
         self.text = TextTable(sorted({ep.task for ep in episodes}), encoder)
         samples = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, state_norm=self.state_norm, action_norm=self.action_norm,
-                       text_index=self.text.index, state_key=cfg.state_key)
+                       text_index=self.text.index, state_key=cfg.state_key, aux_norm=self.aux_norm)
         self.train_set = PlainSamples(train_clips, **samples)
         self.val_set = PlainSamples(val_clips, **samples) if val_clips is not None else None
         overrides = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, text_dim=encoder.dim, num_views=len(train_clips.cameras),
-                         state_dim=self.train_set.states.shape[1], action_dim=train_clips.actions.shape[1])
+                         state_dim=self.train_set.states.shape[1], action_dim=train_clips.actions.shape[1],
+                         aux_dim=0 if self.aux_norm is None else len(self.aux_norm.mean))
         if cfg.encoder is not None:
             overrides["encoder"] = cfg.encoder
         self.model = PlainPolicyModel(PlainConfig.preset(cfg.preset, **overrides))
@@ -154,7 +179,8 @@ class PlainStage(Stage):
         self.device = device
 
     def collate_fn(self, items):
-        batch = {k: torch.stack([it[k] for it in items]) for k in ("frames", "state", "action", "action_mask")}
+        keys = ("frames", "state", "action", "action_mask") + (("aux",) if "aux" in items[0] else ())
+        batch = {k: torch.stack([it[k] for it in items]) for k in keys}
         batch["text"], batch["text_mask"] = self.text(torch.tensor([it["text"] for it in items]))
         return batch
 
@@ -170,7 +196,7 @@ class PlainStage(Stage):
         return {**batch, "images": images}
 
     def loss(self, batch):
-        return self.model.loss(self.model_inputs(batch, augment=True))
+        return self.model.loss(self.model_inputs(batch, augment=True), aux_weight=self.cfg.aux_weight)
 
     @torch.no_grad()
     def validate(self, model):
@@ -181,20 +207,23 @@ class PlainStage(Stage):
         items = val_subset(self.val_set, self.cfg.optim.val_items, seed=1)
         loader = torch.utils.data.DataLoader(items, batch_size=VAL_BATCH, collate_fn=self.collate_fn)
         g = torch.Generator(self.device).manual_seed(0)
-        flow, mse, n = 0.0, 0.0, 0
+        flow, aux, mse, n = 0.0, 0.0, 0.0, 0
         for batch in loader:
             batch = self.model_inputs({k: v.to(self.device) for k, v in batch.items()}, augment=False)
             u, valid = batch["action"], batch["action_mask"].float()[..., None]
             B = u.shape[0]
             noise = torch.randn(u.shape, generator=g, device=self.device)
             alpha = torch.rand(B, generator=g, device=self.device)
-            flow += float(model.loss(batch, noise=noise, alpha=alpha)["loss"]) * B
+            losses = model.loss(batch, noise=noise, alpha=alpha)
+            flow += float(losses.get("flow", losses["loss"])) * B
+            aux += float(losses.get("aux", 0.0)) * B
             sampled = model.sample_actions(batch["images"], batch["state"], batch["text"], batch["text_mask"],
                                            noise=torch.randn(u.shape, generator=g, device=self.device))
             err = ((sampled - u.float()) ** 2 * valid).sum() / (valid.sum() * u.shape[-1]).clamp(min=1)
             mse += float(err) * B
             n += B
-        return {"loss": flow / n, "action_mse": mse / n}
+        out = {"loss": flow / n, "action_mse": mse / n}
+        return {**out, "aux": aux / n} if self.aux_norm is not None else out
 
     def checkpoint_meta(self, model):
         return {
@@ -202,6 +231,7 @@ class PlainStage(Stage):
             "cameras": self.cameras,
             "state_key": self.cfg.state_key,
             "state_stats": self.state_norm.to_dict(),
+            "aux_key": self.cfg.aux_key,  # a training target only: the policy never reads it
             "action_stats": self.action_norm.to_dict(),
             "text_encoder": self.text_spec,
             "instructions": self.text.instructions,
@@ -222,5 +252,6 @@ CONFIG = PlainTrainConfig
 RECIPES = {
     "default": PlainTrainConfig(),  # the preset's encoder, 2 frames, chunks of 16 (diffusion policy's settings)
     "resnet": PlainTrainConfig(encoder="resnet"),  # diffusion policy's image encoder family (GroupNorm ResNet)
+    "aux": PlainTrainConfig(aux_key=ENV_STATE_KEY),  # + the privileged read-out of the simulator state in training
 }
 train = train_plain

@@ -24,7 +24,8 @@ from repwam.lat.data import label_dataset
 from repwam.lat.model import LatentActionTokenizer
 from repwam.tokenizer.tokenize import load_tokenizer, tokenize_dataset, tokenizer_ref
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
-from repwam.wam.data import TextTable, WAMClips
+from repwam.serve import ENV_STATE_KEY
+from repwam.wam.data import ENV_STATE_MIN_STD, TextTable, WAMClips, dataset_stats
 from repwam.wam.model import WAMConfig, WorldActionModel
 from repwam.wam.text import TextEncoder
 
@@ -40,6 +41,10 @@ class WAMTrainConfig:
     preset: str = "tiny"
     use_latent_actions: bool = True  # False: no ℓ stream at all (the "no latent actions" variant)
     use_state: bool = True  # adapt / joint: the proprioceptive state enters as a token per latent frame (as π0)
+    # adapt / joint: the state tokens also regress this privileged key of their frame, a training target only
+    # (WAMConfig.aux_dim; ENV_STATE_KEY: the simulator's object and goal poses); None: off
+    aux_key: str | None = None
+    aux_weight: float = 1.0  # the read-out's MSE weight in the loss
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -53,6 +58,12 @@ class WAMTrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise RepwamError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.aux_key not in (None, ENV_STATE_KEY):
+            raise RepwamError(f"aux_key must be {ENV_STATE_KEY!r} or unset, got {self.aux_key!r}")
+        if self.aux_key is not None and not (self.robot and self.use_state):
+            raise RepwamError("aux_key is read out of the state tokens: it needs --stage adapt or joint with use_state")
+        if self.aux_weight < 0:
+            raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
     @property
     def robot(self) -> bool:
         return self.stage in ("adapt", "joint")
@@ -93,6 +104,14 @@ class WAMStage(Stage):
         self.tok, self.lat = prepare_caches(cfg.tokenizer, cfg.lat, data, progress)
         common = dict(clip_frames=cfg.clip_frames, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
                       robot=cfg.robot)
+        if cfg.aux_key is not None:
+            from repwam.data.lerobot import LeRobotDataset
+
+            aux_norm = dataset_stats([LeRobotDataset(d) for d in data], cfg.aux_key, ENV_STATE_MIN_STD)
+            if aux_norm is None:
+                raise RepwamError(f"the read-out's target is normalised with meta/stats.json: some dataset has no "
+                                  f"stats of `{cfg.aux_key}` (regenerate it with repwam data generate)")
+            common["aux_norm"] = aux_norm
         self.train_set = WAMClips(data, self.tok["weights_hash"], self.lat["weights_hash"], split="train", **common)
         norms = dict(ell_norm=self.train_set.ell_norm)
         if cfg.robot:
@@ -113,7 +132,8 @@ class WAMStage(Stage):
         if cfg.robot:
             a_dim = len(self.train_set.action_norm.mean)
             robot = dict(robot_action_dim=a_dim, robot_per_frame=self.train_set.tp * self.train_set.stride,
-                         state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0)
+                         state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0,
+                         aux_dim=len(common["aux_norm"].mean) if cfg.aux_key else 0, aux_loss_weight=cfg.aux_weight)
         if cfg.stage == "adapt":
             self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,
                                                           attn_backend=cfg.attn_backend).train()
@@ -138,7 +158,8 @@ class WAMStage(Stage):
         self.device = device
 
     def collate_fn(self, items):
-        keys = ("z", "ell", "valid") + (("action", "state") if self.cfg.robot else ())
+        keys = ("z", "ell", "valid") + (("action", "state") if self.cfg.robot else ()) + \
+            (("aux",) if self.cfg.aux_key else ())
         batch = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in keys}
         idx = torch.tensor([it["text"] for it in items])
         batch["text"], batch["text_mask"] = self.text(idx)
@@ -159,13 +180,14 @@ class WAMStage(Stage):
                 batch = {k: v.to(self.device) for k, v in batch.items()}
                 for k, v in model.loss(batch, chunk_size=2, drop_video=False).items():
                     out.setdefault(k, []).append(float(v))
-        return {k: float(np.mean(v)) for k, v in out.items() if k in ("loss", "video", "action", "robot")}
+        return {k: float(np.mean(v)) for k, v in out.items() if k in ("loss", "video", "action", "robot", "aux")}
 
     def checkpoint_meta(self, model):
         robot = {}
         if self.cfg.robot:
             robot = {"action_stats": self.train_set.action_norm.to_dict(),
-                     "state_stats": self.train_set.state_norm.to_dict(), "init": self.cfg.init}
+                     "state_stats": self.train_set.state_norm.to_dict(), "init": self.cfg.init,
+                     "aux_key": self.cfg.aux_key}  # a training target only: the policy never reads it
         return {
             **robot,
             "parents": {"tokenizer": self.tok, "lat": self.lat},

@@ -14,6 +14,8 @@ Item (a clip of `clip_frames` latent frames starting at latent frame s of one ep
                                  at stride s), normalised with the dataset stats      [when the data has them]
     state      (T', D_s)         proprioceptive state at the last raw frame each latent frame covers, normalised
                                                                                       [when the data has them]
+    aux        (T', D_e)         the simulator observation (`observation.environment_state`) at those frames,
+                                 normalised: the privileged read-out's target, never a model input  [aux_norm given]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from repwam.data.lerobot import LeRobotDataset
 from repwam.data.transforms import Normalizer
 from repwam.errors import RepwamError
 from repwam.lat.data import load_labels, valid_latent_frames
+from repwam.serve import ENV_STATE_KEY as ENV_STATE
 from repwam.tokenizer.tokenize import load_latents
 
 
@@ -49,8 +52,11 @@ class TextTable:
         return self.emb[idx], self.mask[idx]
 
 
-def dataset_stats(datasets: list[LeRobotDataset], key: str) -> Normalizer | None:
-    """Mean/std of `key` over the datasets that have it (from meta/stats.json), or None."""
+ENV_STATE_MIN_STD = 1e-2  # some simulator dims (a second object's pose) are constant in a task set: no blow-ups
+
+
+def dataset_stats(datasets: list[LeRobotDataset], key: str, min_std: float = 0.0) -> Normalizer | None:
+    """Mean/std of `key` over the datasets that have it (from meta/stats.json), or None; std floored at min_std."""
     stats = [ds.stats[key] for ds in datasets if key in getattr(ds, "stats", {})]
     if len(stats) != len(datasets) or not stats:
         return None
@@ -60,13 +66,14 @@ def dataset_stats(datasets: list[LeRobotDataset], key: str) -> Normalizer | None
     w = counts / counts.sum()
     mean = (w[:, None] * means).sum(0)
     var = (w[:, None] * (stds**2 + (means - mean) ** 2)).sum(0)
-    return Normalizer(mean.tolist(), np.sqrt(np.maximum(var, 1e-12)).tolist())
+    return Normalizer(mean.tolist(), np.maximum(np.sqrt(np.maximum(var, 1e-12)), min_std).tolist())
 
 
 class WAMClips(torch.utils.data.Dataset):
     def __init__(self, roots: list[str | Path], tokenizer_hash: str, lat_hash: str, *, clip_frames: int = 6,
                  split: str = "all", val_fraction: float = 0.1, split_seed: int = 0, ell_norm: Normalizer | None = None,
-                 robot: bool = False, action_norm: Normalizer | None = None, state_norm: Normalizer | None = None):
+                 robot: bool = False, action_norm: Normalizer | None = None, state_norm: Normalizer | None = None,
+                 aux_norm: Normalizer | None = None):
         if clip_frames < 2:
             raise RepwamError(f"clip_frames must be >= 2 (one transition), got {clip_frames}")
         self.datasets = [LeRobotDataset(r) for r in roots]
@@ -95,6 +102,11 @@ class WAMClips(torch.utils.data.Dataset):
             self.action_norm = action_norm or dataset_stats(self.datasets, "action")
             self.state_norm = state_norm or dataset_stats(self.datasets, "observation.state")
             self.actions, self.states = {}, {}
+        self.aux_norm, self.env_states = aux_norm, {}
+        if aux_norm is not None:
+            missing = [str(ds.root) for ds in self.datasets if ENV_STATE not in ds.features]
+            if missing:
+                raise RepwamError(f"the read-out's target `{ENV_STATE}` is missing in {missing}")
         self.index = []
         for d, e in split_episodes(self.datasets, split, val_fraction, split_seed):
             n_valid = valid_latent_frames(self.valid[d][e], self.tp)
@@ -102,6 +114,8 @@ class WAMClips(torch.utils.data.Dataset):
                 data = self.datasets[d].episode_data(e)
                 self.actions[(d, e)] = np.asarray(data["action"], np.float32)
                 self.states[(d, e)] = np.asarray(data["observation.state"], np.float32)
+            if aux_norm is not None:
+                self.env_states[(d, e)] = np.asarray(self.datasets[d].episode_data(e)[ENV_STATE], np.float32)
             for s in range(0, max(n_valid - 1, 0)):  # every start with at least one real transition
                 self.index.append((d, e, s))
         if not self.index:
@@ -138,4 +152,8 @@ class WAMClips(torch.utils.data.Dataset):
             item["action"] = self.action_norm(act[rows].reshape(self.clip_frames - 1, per, -1))
             last_raw = np.minimum(self.stride * self.tp * np.arange(s, s + self.clip_frames), len(st) - 1)
             item["state"] = self.state_norm(st[last_raw])
+        if self.aux_norm is not None:
+            env = self.env_states[(d, e)]
+            last_raw = np.minimum(self.stride * self.tp * np.arange(s, s + self.clip_frames), len(env) - 1)
+            item["aux"] = self.aux_norm(env[last_raw])
         return item

@@ -161,6 +161,10 @@ class WAMConfig:
     robot_action_dim: int = 0  # A_r; > 0 adds the robot stream (the action expert)
     robot_per_frame: int = 4  # per: raw robot actions per latent-frame step (one robot token carries per·A_r)
     state_dim: int = 0  # D_s; > 0 adds one clean state token per latent frame to the robot stream
+    # training only: each state token's final hidden state -> MLP -> an aux_dim-d privileged target of its frame
+    # (train/wam's aux_key: the simulator's object and goal poses), so the action expert has to find them in the
+    # video tokens it attends to; sampling never computes it (0: none; needs state_dim > 0)
+    aux_dim: int = 0
     text_dim: int = 384  # D_text (all-MiniLM-L6-v2)
     # backbone
     width: int = 128  # D: width of the shared attention (= the video stream's width in every preset)
@@ -186,6 +190,7 @@ class WAMConfig:
     video_loss_weight: float = 1.0
     ell_loss_weight: float = 1.0  # lambda_a
     robot_loss_weight: float = 1.0
+    aux_loss_weight: float = 1.0  # the state tokens' read-out (aux_dim)
     video_drop: float = 0.25  # probability per batch of leaving the noisy video tokens out
     ell_drop: float = 0.25  # with the robot stream: probability per batch of leaving the noisy ℓ tokens out
     text_dropout: float = 0.1  # probability per sample of the null text (classifier-free guidance)
@@ -211,6 +216,9 @@ class WAMConfig:
                               f"and robot_per_frame={self.robot_per_frame} >= 1")
         if self.state_dim and not self.robot_action_dim:
             raise RepwamError("state tokens live in the robot stream: state_dim > 0 needs robot_action_dim > 0")
+        if self.aux_dim < 0 or (self.aux_dim and not self.state_dim):
+            raise RepwamError(f"aux_dim={self.aux_dim}: the read-out comes from the state tokens, so aux_dim > 0 "
+                              "needs state_dim > 0 (and aux_dim must be >= 0)")
         if self.robot_action_dim and ROBOT not in names:
             if ACTION not in names:
                 raise RepwamError("name the robot stream's width: "
@@ -820,6 +828,10 @@ class StreamIO(nn.Module):
         self.time = TimeEmbed(s.width, cfg.time_freq_dim)
         self.head = Head(s.width, dim)
         self.state_embed = nn.Linear(cfg.state_dim, s.width) if s.name == ROBOT and cfg.has(STATE) else None
+        self.aux_head = None  # the state tokens' read-out (WAMConfig.aux_dim), training only
+        if s.name == ROBOT and cfg.aux_dim:
+            self.aux_head = nn.Sequential(nn.LayerNorm(s.width), nn.Linear(s.width, s.width),
+                                          nn.GELU(approximate="tanh"), nn.Linear(s.width, cfg.aux_dim))
         # the last clean frame's patch, added to a noisy video token's embedding (last_frame_cond)
         self.anchor = nn.Linear(dim, s.width) if s.name == VIDEO and cfg.last_frame_cond else None
         if per_frame == 1:
@@ -1126,7 +1138,8 @@ class WorldActionModel(Pretrained, nn.Module):
         return AttnContext(mask, rope, text_mask, GatedMasks.build(mask, q_meta, k_meta, merge_gated))
 
     def _run(self, feats: dict, alpha: dict, meta: dict, text: TextContext, *, text_kv=None, valid=None,
-             past: WAMCache | None = None, heads=None, anchor=None, plan: "ChunkPlan | None" = None, time=None):
+             past: WAMCache | None = None, heads=None, anchor=None, plan: "ChunkPlan | None" = None, time=None,
+             aux: bool = False):
         """The transformer on a set of new tokens, optionally after a cached clean history.
 
         feats {group: (B, N_g, token_dim)} over the token groups (video, action, robot, state);
@@ -1137,6 +1150,7 @@ class WorldActionModel(Pretrained, nn.Module):
         last N_a video tokens (the noisy ones). plan: the attention context and K/V slots of `past`
         shared by every Euler step of a chunk (then meta, valid and past are not read). time {group:
         (e, mod)}: time embeddings already computed (broadcastable to (B, N_g, ...)), in place of alpha.
+        aux: also return the state tokens' read-out under "aux", (B, N_state, aux_dim) [aux_dim].
         Returns ({stream: (B, N_s, token_dim)}, [(k, v) of the new tokens per block]).
         """
         groups = [g for g in self.cfg.token_groups if g in feats and feats[g].shape[1] > 0]
@@ -1195,13 +1209,17 @@ class WorldActionModel(Pretrained, nn.Module):
         if stacked:
             x = dict(zip(names, x_all.view(len(names), *shape).unbind(0)))
         # a stream's own tokens come first in x and in parts: the head reads those (never the states)
-        return {s: self.io[s].head(x[s][:, : feats[s].shape[1]], parts[s][0][1]) for s in heads}, new_kv
+        out = {s: self.io[s].head(x[s][:, : feats[s].shape[1]], parts[s][0][1]) for s in heads}
+        if aux and STATE in groups:  # the states follow the robot actions in the robot stream
+            n_robot = feats[ROBOT].shape[1] if ROBOT in groups else 0
+            out["aux"] = self.io[ROBOT].aux_head(x[ROBOT][:, n_robot:])
+        return out, new_kv
 
     # ---- teacher forcing ----
 
     def forward(self, z, ell=None, text_emb=None, text_mask=None, *, chunk_size: int, noisy_z, alpha_z,
                 noisy_ell=None, alpha_ell=None, robot=None, noisy_robot=None, alpha_robot=None, state=None,
-                valid=None, drop_video: bool = False, drop_ell: bool = False, drop_text=None) -> dict:
+                valid=None, drop_video: bool = False, drop_ell: bool = False, drop_text=None, aux: bool = False) -> dict:
         """One pass over whole clips with clean and noisy copies of every chunk (see the module docstring).
 
         The clean clip: z (B, T', L, d_v), ell (B, T'-1, A), robot (B, T'-1, per, A_r), state (B, T', D_s)
@@ -1210,7 +1228,8 @@ class WorldActionModel(Pretrained, nn.Module):
         (B, T'-1) (constant within a chunk in training); noisy_ell may be left out with drop_ell.
         valid (B, T') bool; drop_text (B,) bool. Returns velocities {"video": (B, T'-1, L, d_v) or None
         when drop_video, "action": (B, T'-1, A) or None when drop_ell [ℓ stream], "robot": (B, T'-1, per, A_r)
-        [robot stream]}.
+        [robot stream], with aux [aux_dim] "aux": (B, n_clean, aux_dim), the read-out of the clean state tokens
+        of frames 0 .. n_clean-1}.
         """
         c = self.cfg
         self._check_latents(z)
@@ -1260,8 +1279,11 @@ class WorldActionModel(Pretrained, nn.Module):
             anchor = self.patchify(z[:, last])
         text = self.text_context(text_emb, text_mask, drop_text, B)
         heads = [g for g in self.stream_names if layout[g][1] is not None]
-        out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchor=anchor)
+        aux = aux and c.aux_dim > 0
+        out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchor=anchor, aux=aux)
         result = {VIDEO: None}
+        if aux:
+            result["aux"] = out["aux"]
         if not drop_video:
             noisy_tokens = slice(n_clean * P, None)  # the noisy video tokens follow the clean ones
             v = self.video_velocity(out[VIDEO][:, noisy_tokens], feats[VIDEO][:, noisy_tokens],
@@ -1282,11 +1304,12 @@ class WorldActionModel(Pretrained, nn.Module):
     def loss(self, batch: dict, *, chunk_size: int | None = None, drop_video: bool | None = None,
              drop_ell: bool | None = None) -> dict:
         """Rectified-flow loss on a batch {"z", "ell" [ℓ stream], "action" [robot stream], "state" [state tokens],
-        optional "valid", "text", "text_mask"} (the keys of `repwam.wam.data.WAMClips`; others are ignored).
+        optional "valid", "text", "text_mask", "aux" (B, T', aux_dim) [aux_dim: the read-out's target per frame]}
+        (the keys of `repwam.wam.data.WAMClips`; others are ignored).
 
         Chunk size, video drop, ℓ drop and text dropout are drawn from torch's global RNG (the drops
         only in training mode) unless given. Returns scalar tensors: loss, video, action (the ℓ loss)
-        and ell_dropped [ℓ stream], robot [robot stream], chunk_size, video_dropped.
+        and ell_dropped [ℓ stream], robot [robot stream], aux [aux_dim, given "aux"], chunk_size, video_dropped.
         """
         c = self.cfg
         z = batch["z"]
@@ -1327,7 +1350,8 @@ class WorldActionModel(Pretrained, nn.Module):
         x_r, a_r, v_r = noised(robot) if c.has(ROBOT) else (None, None, None)
         pred = self(z, ell, batch.get("text"), batch.get("text_mask"), chunk_size=chunk_size, noisy_z=x_z,
                     alpha_z=a_z, noisy_ell=x_ell, alpha_ell=a_ell, robot=robot, noisy_robot=x_r, alpha_robot=a_r,
-                    state=state, valid=valid, drop_video=drop_video, drop_ell=drop_ell, drop_text=drop_text)
+                    state=state, valid=valid, drop_video=drop_video, drop_ell=drop_ell, drop_text=drop_text,
+                    aux=batch.get("aux") is not None)
         w = (valid[:, 1:] & valid[:, :-1]).float()  # (B, T'-1): both ends of the transition are real
         denom = w.sum().clamp(min=1)
 
@@ -1344,6 +1368,12 @@ class WorldActionModel(Pretrained, nn.Module):
         if c.has(ROBOT):
             out["robot"] = mse(pred[ROBOT], v_r)
             total = total + c.robot_loss_weight * out["robot"]
+        if "aux" in pred:  # the clean state tokens' frames 0 .. n_clean-1, padded frames left out
+            n = pred["aux"].shape[1]
+            wa = valid[:, :n].float()
+            err = ((pred["aux"].float() - batch["aux"][:, :n].float()) ** 2).mean(-1)
+            out["aux"] = (err * wa).sum() / wa.sum().clamp(min=1)
+            total = total + c.aux_loss_weight * out["aux"]
         return {
             "loss": total,
             **{k: v.detach() for k, v in out.items()},

@@ -357,6 +357,29 @@ def test_aux_read_out_learns_its_target_and_never_acts():
     torch.testing.assert_close(model.sample_actions(*args, noise=noise), before, rtol=0, atol=0)
 
 
+def test_aux_feedback_gives_the_decoder_the_estimate_and_no_gradient_to_the_read_out():
+    """aux_feedback: the read-out, detached, is one more memory token (so sampling uses it); the flow loss alone
+    sends no gradient into the read-out, which learns from its own MSE only."""
+    with pytest.raises(RepwamError, match="needs aux_dim"):
+        PlainConfig.preset("tiny", aux_feedback=True)
+    torch.manual_seed(0)
+    cfg = PlainConfig.preset("tiny", **MICRO, image_size=32, aux_dim=7, aux_feedback=True)
+    model = PlainPolicyModel(cfg)
+    with torch.no_grad():  # the zero-initialised (adaLN-Zero) layers made live: the memory reaches the loss
+        for prm in model.parameters():
+            if not prm.any():
+                prm.normal_(std=0.05)
+    b = {**fake_batch(cfg), "aux": torch.randn(4, 7, generator=torch.Generator().manual_seed(3))}
+    memory, mask = model.encode(b["images"], b["state"], b["text"], b["text_mask"])
+    plain = PlainPolicyModel(PlainConfig.preset("tiny", **MICRO, image_size=32, aux_dim=7))
+    assert memory.shape[1] == plain.encode(b["images"], b["state"], b["text"], b["text_mask"])[0].shape[1] + 1
+    estimate = model.read_aux(memory[:, :-1], mask[:, :-1])
+    torch.testing.assert_close(memory[:, -1], model.aux_embed(estimate))
+    model.loss(b, aux_weight=0.0)["loss"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.aux_head.parameters())
+    assert model.aux_embed.weight.grad.abs().sum() > 0
+
+
 def test_aux_target_is_the_simulator_state_at_the_current_step(tiny_dataset, tmp_path):
     """`aux_key=observation.environment_state`: each sample's target is the normalised simulator observation of
     its own step; the checkpoint records the key, the policy stays unprivileged (camera + robot state)."""

@@ -90,6 +90,9 @@ class PlainConfig(ModelConfig):
     # aux_dim-d target of the current step (train/plain's aux_key: the simulator's object and goal poses), so the
     # encoder must find them in the image; sampling never uses it and the policy never sees the target.
     aux_dim: int = 0
+    # with aux_dim: the read-out (detached) also goes back into the memory as one more token, a state estimate the
+    # action decoder can use as the privileged reference uses the true state (sampling then computes it too)
+    aux_feedback: bool = False
 
     def __post_init__(self):
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
@@ -105,6 +108,8 @@ class PlainConfig(ModelConfig):
             raise RepwamError(f"conv_channels must be multiples of 8 (GroupNorm of 8 groups), got {self.conv_channels}")
         if self.width % self.heads or self.width % 4:
             raise RepwamError(f"width={self.width} must split into heads={self.heads} and be a multiple of 4")
+        if self.aux_feedback and not self.aux_dim:
+            raise RepwamError("aux_feedback feeds the read-out back: it needs aux_dim > 0")
         for name in ("n_obs", "horizon", "steps", "state_dim", "action_dim", "depth", "obs_depth", "aux_dim"):
             if getattr(self, name) < (0 if name in ("state_dim", "obs_depth", "aux_dim") else 1):
                 raise RepwamError(f"PlainConfig.{name} is out of range: {getattr(self, name)}")
@@ -281,6 +286,7 @@ class PlainPolicyModel(Pretrained, nn.Module):
         self.head = nn.Linear(W, cfg.action_dim)
         self.aux_head = nn.Sequential(nn.Linear(W, W), nn.GELU(approximate="tanh"), nn.Linear(W, cfg.aux_dim)) \
             if cfg.aux_dim else None  # training only (see PlainConfig.aux_dim)
+        self.aux_embed = nn.Linear(cfg.aux_dim, W) if cfg.aux_feedback else None  # the estimate as a memory token
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -338,7 +344,12 @@ class PlainPolicyModel(Pretrained, nn.Module):
                           text_mask.bool()], 1)
         for blk in self.obs_blocks:
             memory = blk(memory, mask[:, None, None, :])
-        return self.obs_norm(memory), mask
+        memory = self.obs_norm(memory)
+        if self.aux_embed is not None:  # the read-out, detached: it learns from its own loss only
+            estimate = self.read_aux(memory, mask).detach()
+            memory = torch.cat([memory, self.aux_embed(estimate)[:, None]], 1)
+            mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
+        return memory, mask
 
     # ---- action decoder ----
 
@@ -375,6 +386,8 @@ class PlainPolicyModel(Pretrained, nn.Module):
         err = ((v - (u - noise)) ** 2 * valid).sum() / (valid.sum() * u.shape[-1]).clamp(min=1)
         if self.aux_head is None or "aux" not in batch:
             return {"loss": err}
+        if self.aux_embed is not None:  # the read-out sees the memory without the estimate's token
+            memory, mask = memory[:, :-1], mask[:, :-1]
         aux = F.mse_loss(self.read_aux(memory, mask).float(), batch["aux"].float())
         return {"loss": err + aux_weight * aux, "flow": err.detach(), "aux": aux.detach()}
 

@@ -22,6 +22,8 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     plain_aux    the plain policy trained with a privileged read-out (`repwam train plain --aux-key
                  observation.environment_state`): the simulator state is a training target only, the deployed policy
                  sees what `plain` sees
+    plain_est    plain_aux whose read-out also goes back into the memory as a token (`--aux-feedback`): the policy
+                 acts on its own estimate of the simulator state (deployable: the estimate comes from the camera)
     repwam_aux   repwam whose adaptation also reads the simulator state out of the state tokens (`--aux-key`,
                  a training target only, as plain_aux); shares repwam's pretraining
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
@@ -45,11 +47,13 @@ from tqdm import tqdm
 
 from repwam.errors import RepwamError
 
-ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "repwam_aux")
+ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
+        "repwam_aux")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
-PLAIN_ROWS = ("plain", "plain_goal", "plain_aux")  # trained by `repwam train plain`; runs named plain_<row>_s<seed>
+PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est")  # by `repwam train plain`; runs plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", "observation.environment_state"],
-              "plain_aux": ["--aux-key", "observation.environment_state"]}
+              "plain_aux": ["--aux-key", "observation.environment_state"],
+              "plain_est": ["--aux-key", "observation.environment_state", "--aux-feedback"]}
 
 
 def eval_run(row: str, seed: int) -> str:

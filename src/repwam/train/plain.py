@@ -54,6 +54,7 @@ class PlainTrainConfig:
     state_key: str = STATE_KEY  # or ENV_STATE_KEY ("observation.environment_state"): the privileged reference
     aux_key: str | None = None  # ENV_STATE_KEY: read the simulator state out of the memory in training (None: off)
     aux_weight: float = 1.0  # the read-out's MSE weight in the loss
+    aux_feedback: bool = False  # with aux_key: the read-out (detached) is also a memory token (PlainConfig)
     n_obs: int = 2  # frames observed per plan
     horizon: int = 16  # raw actions per chunk
     aug_shift: int = 4  # random-shift augmentation in pixels (0: off)
@@ -75,6 +76,8 @@ class PlainTrainConfig:
             raise RepwamError(f"aux_key must be {ENV_STATE_KEY!r} or unset, got {self.aux_key!r}")
         if self.aux_key is not None and self.state_key == ENV_STATE_KEY:
             raise RepwamError("aux_key reads the simulator state the policy already gets as state_key: pick one")
+        if self.aux_feedback and self.aux_key is None:
+            raise RepwamError("aux_feedback feeds the read-out back into the memory: it needs aux_key")
         if self.aux_weight < 0:
             raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
 
@@ -167,7 +170,8 @@ class PlainStage(Stage):
         self.val_set = PlainSamples(val_clips, **samples) if val_clips is not None else None
         overrides = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, text_dim=encoder.dim, num_views=len(train_clips.cameras),
                          state_dim=self.train_set.states.shape[1], action_dim=train_clips.actions.shape[1],
-                         aux_dim=0 if self.aux_norm is None else len(self.aux_norm.mean))
+                         aux_dim=0 if self.aux_norm is None else len(self.aux_norm.mean),
+                         aux_feedback=cfg.aux_feedback)
         if cfg.encoder is not None:
             overrides["encoder"] = cfg.encoder
         self.model = PlainPolicyModel(PlainConfig.preset(cfg.preset, **overrides))
@@ -253,5 +257,6 @@ RECIPES = {
     "default": PlainTrainConfig(),  # the preset's encoder, 2 frames, chunks of 16 (diffusion policy's settings)
     "resnet": PlainTrainConfig(encoder="resnet"),  # diffusion policy's image encoder family (GroupNorm ResNet)
     "aux": PlainTrainConfig(aux_key=ENV_STATE_KEY),  # + the privileged read-out of the simulator state in training
+    "aux-feedback": PlainTrainConfig(aux_key=ENV_STATE_KEY, aux_feedback=True),  # + the estimate as a memory token
 }
 train = train_plain

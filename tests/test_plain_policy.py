@@ -59,6 +59,17 @@ def save_micro(tmp_path, **overrides):
     return model.save_pretrained(tmp_path / "plain", meta)
 
 
+def overfit(model, batch, steps: int) -> None:
+    """AdamW (lr 2e-3, no weight decay) on one batch for `steps` steps; leaves the model in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for _ in range(steps):
+        loss = model.loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
 def observation(rng, size=64, state=None):
     return {CAM: rng.integers(0, 256, (size, size, 3), dtype=np.uint8),
             "observation.state": np.asarray(state if state is not None else [0.0, 0.6, 0.2, 0.5], np.float32)}
@@ -117,13 +128,7 @@ def test_overfits_a_tiny_batch_and_samples_it():
     probe = dict(noise=torch.randn(4, 16, 4, generator=g), alpha=torch.rand(4, generator=g))
     with torch.no_grad():
         before = float(model.loss(b, **probe)["loss"])
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    for _ in range(300):
-        loss = model.loss(b)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    overfit(model, b, 300)
     with torch.no_grad():
         after = float(model.loss(b, **probe)["loss"])
     assert after < 0.3 * before, (before, after)
@@ -339,13 +344,7 @@ def test_aux_read_out_learns_its_target_and_never_acts():
     assert float(out["loss"].detach()) == pytest.approx(float(out["flow"] + 0.5 * out["aux"]), rel=1e-5)
     assert set(PlainPolicyModel(PlainConfig.preset("tiny", **MICRO, image_size=32)).loss(b)) == {"loss"}
     first = float(out["aux"])
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
-    for _ in range(150):
-        loss = model.loss(b)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    overfit(model, b, 150)
     with torch.no_grad():
         assert float(model.loss(b)["aux"]) < 0.2 * first
     noise = torch.randn(4, 16, 4, generator=torch.Generator().manual_seed(5))

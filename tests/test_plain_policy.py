@@ -14,7 +14,7 @@ from repwam.data.dataset import split_spec
 from repwam.data.lerobot import LeRobotDataset
 from repwam.errors import RepwamError
 from repwam.policy import load_policy
-from repwam.policy.plain import PlainConfig, PlainPolicy, PlainPolicyModel
+from repwam.policy.plain import PlainConfig, PlainPolicy, PlainPolicyModel, masked_mean
 from repwam.train.trainer import OptimConfig
 
 CAM = "observation.images.corner3"
@@ -372,7 +372,7 @@ def test_aux_feedback_gives_the_decoder_the_estimate_and_no_gradient_to_the_read
     memory, mask = model.encode(b["images"], b["state"], b["text"], b["text_mask"])
     plain = PlainPolicyModel(PlainConfig.preset("tiny", **MICRO, image_size=32, aux_dim=7))
     assert memory.shape[1] == plain.encode(b["images"], b["state"], b["text"], b["text_mask"])[0].shape[1] + 1
-    estimate = model.read_aux(memory[:, :-1], mask[:, :-1])
+    estimate = model.aux_head(masked_mean(memory[:, :-1], mask[:, :-1]))  # the read-out of the rest
     torch.testing.assert_close(memory[:, -1], model.aux_embed(estimate))
     model.loss(b, aux_weight=0.0)["loss"].backward()
     assert all(p.grad is None or not p.grad.any() for p in model.aux_head.parameters())

@@ -145,6 +145,12 @@ def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
+def masked_mean(x, mask):
+    """x (B, M, W), mask (B, M) bool -> the mean over the tokens mask keeps, (B, W)."""
+    m = mask[..., None].to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 class Attention(nn.Module):
     """Multi-head attention from x to a context (x itself when None), per-head RMS qk-norm, fused SDPA."""
 
@@ -322,6 +328,12 @@ class PlainPolicyModel(Pretrained, nn.Module):
     def encode(self, images, state, text, text_mask):
         """images (B, n_obs, V, 3, S, S) in [-1, 1] ((B, n_obs, 3, S, S) when V = 1), state (B, n_obs, D_s)
         normalised, text (B, N, D_text), text_mask (B, N) bool -> memory (B, M, W), memory_mask (B, M) bool."""
+        memory, mask, _ = self.observe(images, state, text, text_mask)
+        return memory, mask
+
+    def observe(self, images, state, text, text_mask, read_out: bool = False):
+        """`encode`, and the privileged read-out (B, aux_dim), with its gradient, when read_out (training) or when
+        aux_feedback needs it (then the memory's last token is its detached estimate); None otherwise."""
         c = self.cfg
         if images.ndim == 5 and c.num_views == 1:
             images = images[:, :, None]
@@ -345,11 +357,13 @@ class PlainPolicyModel(Pretrained, nn.Module):
         for blk in self.obs_blocks:
             memory = blk(memory, mask[:, None, None, :])
         memory = self.obs_norm(memory)
+        estimate = None
+        if self.aux_head is not None and (read_out or self.aux_embed is not None):
+            estimate = self.aux_head(masked_mean(memory, mask))
         if self.aux_embed is not None:  # the read-out, detached: it learns from its own loss only
-            estimate = self.read_aux(memory, mask).detach()
-            memory = torch.cat([memory, self.aux_embed(estimate)[:, None]], 1)
+            memory = torch.cat([memory, self.aux_embed(estimate.detach())[:, None]], 1)
             mask = torch.cat([mask, mask.new_ones(B, 1)], 1)
-        return memory, mask
+        return memory, mask, estimate
 
     # ---- action decoder ----
 
@@ -368,8 +382,7 @@ class PlainPolicyModel(Pretrained, nn.Module):
 
     def pool(self, memory, memory_mask):
         """The observation's adaLN conditioning: the masked mean of the memory through an MLP -> (B, W)."""
-        m = memory_mask[..., None].to(memory.dtype)
-        return self.cond_mlp((memory * m).sum(1) / m.sum(1).clamp(min=1))
+        return self.cond_mlp(masked_mean(memory, memory_mask))
 
     def loss(self, batch: dict, noise=None, alpha=None, aux_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """Rectified flow on the action chunk. batch: images, state, text, text_mask, action (B, H, A) normalised,
@@ -380,21 +393,16 @@ class PlainPolicyModel(Pretrained, nn.Module):
         alpha = torch.rand(u.shape[0], device=u.device) if alpha is None else alpha
         a = alpha[:, None, None]
         x = (1 - a) * noise + a * u
-        memory, mask = self.encode(batch["images"], batch["state"], batch["text"], batch["text_mask"])
+        read_out = self.aux_head is not None and "aux" in batch
+        memory, mask, estimate = self.observe(batch["images"], batch["state"], batch["text"], batch["text_mask"],
+                                              read_out=read_out)
         v = self.velocity(x, alpha, memory, mask).float()
         valid = batch["action_mask"].float()[..., None]
         err = ((v - (u - noise)) ** 2 * valid).sum() / (valid.sum() * u.shape[-1]).clamp(min=1)
-        if self.aux_head is None or "aux" not in batch:
+        if not read_out:
             return {"loss": err}
-        if self.aux_embed is not None:  # the read-out sees the memory without the estimate's token
-            memory, mask = memory[:, :-1], mask[:, :-1]
-        aux = F.mse_loss(self.read_aux(memory, mask).float(), batch["aux"].float())
+        aux = F.mse_loss(estimate.float(), batch["aux"].float())
         return {"loss": err + aux_weight * aux, "flow": err.detach(), "aux": aux.detach()}
-
-    def read_aux(self, memory, memory_mask):
-        """The privileged read-out (PlainConfig.aux_dim): masked mean of the memory -> MLP -> (B, aux_dim)."""
-        m = memory_mask[..., None].to(memory.dtype)
-        return self.aux_head((memory * m).sum(1) / m.sum(1).clamp(min=1))
 
     @torch.no_grad()
     def denoise(self, memory, memory_mask, steps: int | None = None, noise=None, generator=None):

@@ -46,14 +46,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from repwam.errors import RepwamError
+from repwam.serve import ENV_STATE_KEY
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
         "repwam_aux")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est")  # by `repwam train plain`; runs plain_<row>_s<seed>
-PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", "observation.environment_state"],
-              "plain_aux": ["--aux-key", "observation.environment_state"],
-              "plain_est": ["--aux-key", "observation.environment_state", "--aux-feedback"]}
+PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
+              "plain_est": ["--aux-key", ENV_STATE_KEY, "--aux-feedback"]}
 
 
 def eval_run(row: str, seed: int) -> str:
@@ -191,8 +191,8 @@ class Pipeline:
         c, tag = self.cfg, f"{row}_s{seed}"
         if row in PLAIN_ROWS:
             run = eval_run(row, seed)
-            return self.evaluate(run, [self.train("plain", run, c.plain_steps, ["--preset", c.preset, *PLAIN_ARGS[row]],
-                                                  [self.dataset()], seed)])
+            args = ["--preset", c.preset, *PLAIN_ARGS[row]]
+            return self.evaluate(run, [self.train("plain", run, c.plain_steps, args, [self.dataset()], seed)])
         tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae"}.get(row, "default")
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
@@ -203,13 +203,13 @@ class Pipeline:
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []
         no_state = ["--no-use-state"] if row == "no_state" else []
-        aux = ["--aux-key", "observation.environment_state"] if row == "repwam_aux" else []
+        aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         shares = row in ("no_state", "repwam_aux")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
-                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux], [pre],
-                           seed, share="adapt")
+                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux],
+                           [pre], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 
     def inspect(self, tok_recipe: str, wam_run: str) -> list[str]:

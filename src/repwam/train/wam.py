@@ -25,7 +25,7 @@ from repwam.lat.model import LatentActionTokenizer
 from repwam.tokenizer.tokenize import load_tokenizer, tokenize_dataset, tokenizer_ref
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
 from repwam.serve import ENV_STATE_KEY
-from repwam.wam.data import ENV_STATE_MIN_STD, TextTable, WAMClips, dataset_stats
+from repwam.wam.data import TextTable, WAMClips
 from repwam.wam.model import WAMConfig, WorldActionModel
 from repwam.wam.text import TextEncoder
 
@@ -103,19 +103,12 @@ class WAMStage(Stage):
         self.cfg, self.data = cfg, [str(d) for d in data]
         self.tok, self.lat = prepare_caches(cfg.tokenizer, cfg.lat, data, progress)
         common = dict(clip_frames=cfg.clip_frames, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                      robot=cfg.robot)
-        if cfg.aux_key is not None:
-            from repwam.data.lerobot import LeRobotDataset
-
-            aux_norm = dataset_stats([LeRobotDataset(d) for d in data], cfg.aux_key, ENV_STATE_MIN_STD)
-            if aux_norm is None:
-                raise RepwamError(f"the read-out's target is normalised with meta/stats.json: some dataset has no "
-                                  f"stats of `{cfg.aux_key}` (regenerate it with repwam data generate)")
-            common["aux_norm"] = aux_norm
+                      robot=cfg.robot, aux=cfg.aux_key is not None)
         self.train_set = WAMClips(data, self.tok["weights_hash"], self.lat["weights_hash"], split="train", **common)
         norms = dict(ell_norm=self.train_set.ell_norm)
         if cfg.robot:
-            norms.update(action_norm=self.train_set.action_norm, state_norm=self.train_set.state_norm)
+            norms.update(action_norm=self.train_set.action_norm, state_norm=self.train_set.state_norm,
+                         aux_norm=self.train_set.aux_norm)
         self.val_set = WAMClips(data, self.tok["weights_hash"], self.lat["weights_hash"], split="val", **common, **norms)
         self.val_set.instructions = self.train_set.instructions = sorted(
             set(self.train_set.instructions) | set(self.val_set.instructions))
@@ -133,7 +126,8 @@ class WAMStage(Stage):
             a_dim = len(self.train_set.action_norm.mean)
             robot = dict(robot_action_dim=a_dim, robot_per_frame=self.train_set.tp * self.train_set.stride,
                          state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0,
-                         aux_dim=len(common["aux_norm"].mean) if cfg.aux_key else 0, aux_loss_weight=cfg.aux_weight)
+                         aux_dim=len(self.train_set.aux_norm.mean) if cfg.aux_key else 0,
+                         aux_loss_weight=cfg.aux_weight)
         if cfg.stage == "adapt":
             self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,
                                                           attn_backend=cfg.attn_backend).train()

@@ -73,7 +73,7 @@ class WAMClips(torch.utils.data.Dataset):
     def __init__(self, roots: list[str | Path], tokenizer_hash: str, lat_hash: str, *, clip_frames: int = 6,
                  split: str = "all", val_fraction: float = 0.1, split_seed: int = 0, ell_norm: Normalizer | None = None,
                  robot: bool = False, action_norm: Normalizer | None = None, state_norm: Normalizer | None = None,
-                 aux_norm: Normalizer | None = None):
+                 aux: bool = False, aux_norm: Normalizer | None = None):
         if clip_frames < 2:
             raise RepwamError(f"clip_frames must be >= 2 (one transition), got {clip_frames}")
         self.datasets = [LeRobotDataset(r) for r in roots]
@@ -102,20 +102,24 @@ class WAMClips(torch.utils.data.Dataset):
             self.action_norm = action_norm or dataset_stats(self.datasets, "action")
             self.state_norm = state_norm or dataset_stats(self.datasets, "observation.state")
             self.actions, self.states = {}, {}
-        self.aux_norm, self.env_states = aux_norm, {}
-        if aux_norm is not None:
+        self.aux_norm, self.env_states = None, {}
+        if aux:
             missing = [str(ds.root) for ds in self.datasets if ENV_STATE not in ds.features]
             if missing:
                 raise RepwamError(f"the read-out's target `{ENV_STATE}` is missing in {missing}")
+            self.aux_norm = aux_norm or dataset_stats(self.datasets, ENV_STATE, ENV_STATE_MIN_STD)
+            if self.aux_norm is None:
+                raise RepwamError(f"the read-out's target is normalised with meta/stats.json: some dataset has no "
+                                  f"stats of `{ENV_STATE}` (regenerate it with repwam data generate)")
         self.index = []
         for d, e in split_episodes(self.datasets, split, val_fraction, split_seed):
             n_valid = valid_latent_frames(self.valid[d][e], self.tp)
+            data = self.datasets[d].episode_data(e) if robot or aux else None
             if robot:
-                data = self.datasets[d].episode_data(e)
                 self.actions[(d, e)] = np.asarray(data["action"], np.float32)
                 self.states[(d, e)] = np.asarray(data["observation.state"], np.float32)
-            if aux_norm is not None:
-                self.env_states[(d, e)] = np.asarray(self.datasets[d].episode_data(e)[ENV_STATE], np.float32)
+            if aux:
+                self.env_states[(d, e)] = np.asarray(data[ENV_STATE], np.float32)
             for s in range(0, max(n_valid - 1, 0)):  # every start with at least one real transition
                 self.index.append((d, e, s))
         if not self.index:
@@ -145,15 +149,14 @@ class WAMClips(torch.utils.data.Dataset):
             "source": d,
             "start": s,
         }
+        per = self.tp * self.stride  # raw steps per latent-frame step
+        last_raw = per * np.arange(s, s + self.clip_frames)  # the last raw frame each latent frame covers
         if self.robot:
             act, st = self.actions[(d, e)], self.states[(d, e)]
-            per = self.tp * self.stride  # raw steps per latent-frame step
             rows = np.minimum(per * s + np.arange((self.clip_frames - 1) * per), len(act) - 1)
             item["action"] = self.action_norm(act[rows].reshape(self.clip_frames - 1, per, -1))
-            last_raw = np.minimum(self.stride * self.tp * np.arange(s, s + self.clip_frames), len(st) - 1)
-            item["state"] = self.state_norm(st[last_raw])
+            item["state"] = self.state_norm(st[np.minimum(last_raw, len(st) - 1)])
         if self.aux_norm is not None:
             env = self.env_states[(d, e)]
-            last_raw = np.minimum(self.stride * self.tp * np.arange(s, s + self.clip_frames), len(env) - 1)
-            item["aux"] = self.aux_norm(env[last_raw])
+            item["aux"] = self.aux_norm(env[np.minimum(last_raw, len(env) - 1)])
         return item

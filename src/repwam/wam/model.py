@@ -1219,7 +1219,8 @@ class WorldActionModel(Pretrained, nn.Module):
 
     def forward(self, z, ell=None, text_emb=None, text_mask=None, *, chunk_size: int, noisy_z, alpha_z,
                 noisy_ell=None, alpha_ell=None, robot=None, noisy_robot=None, alpha_robot=None, state=None,
-                valid=None, drop_video: bool = False, drop_ell: bool = False, drop_text=None, aux: bool = False) -> dict:
+                valid=None, drop_video: bool = False, drop_ell: bool = False, drop_text=None,
+                aux: bool = False) -> dict:
         """One pass over whole clips with clean and noisy copies of every chunk (see the module docstring).
 
         The clean clip: z (B, T', L, d_v), ell (B, T'-1, A), robot (B, T'-1, per, A_r), state (B, T', D_s)

@@ -148,3 +148,30 @@ def test_two_cameras_record_one_video_each(tmp_path):
     for bad, msg in ((("corner3", "nope"), "unknown camera"), (("corner3", "corner3"), "twice")):
         with pytest.raises(RepwamError, match=msg):
             generate(tmp_path / f"bad{len(msg)}", GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, cameras=bad))
+
+
+def test_noisy_demonstrations_record_the_experts_action(tmp_path, tiny_dataset):
+    """`--action-noise` (DART): the env executes the expert's action plus noise on x, y, z, the dataset records the
+    expert's action at the states reached and the executed one beside it; seeded by the layout; bad values refused."""
+    with MetaWorldEnv("push-v3") as env:
+        clean = rollout_expert(env, 3)
+        noisy, again = rollout_expert(env, 3, action_noise=0.5), rollout_expert(env, 3, action_noise=0.5)
+    np.testing.assert_array_equal(clean["action"], clean["executed_action"])
+    np.testing.assert_array_equal(noisy["executed_action"], again["executed_action"])  # seeded by the layout
+    diff = noisy["executed_action"] - noisy["action"]
+    assert np.abs(diff[:, :3]).mean() > 0.1 and np.all(diff[:, 3] == 0), "noise on the hand only, not the gripper"
+    assert np.all(np.abs(noisy["executed_action"]) <= 1)
+    # the states really were driven off the clean path (the expert then acts from them)
+    n = min(len(clean["state"]), len(noisy["state"]))
+    assert np.abs(clean["state"][:n, :3] - noisy["state"][:n, :3]).max() > 0.005
+    cfg = GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, workers=1, action_noise=0.5)
+    generate(tmp_path / "ds", cfg)
+    ds = LeRobotDataset(tmp_path / "ds")
+    data = ds.episode_data(0)
+    with MetaWorldEnv("reach-v3") as env:
+        rec = rollout_expert(env, int(ds.episodes[0]["seed"]), action_noise=0.5)
+    np.testing.assert_allclose(data["action"], rec["action"], atol=1e-6)
+    np.testing.assert_allclose(data["action.executed"], rec["executed_action"], atol=1e-6)
+    assert "action.executed" not in LeRobotDataset(tiny_dataset).episode_data(0), "clean datasets stay as they were"
+    with pytest.raises(RepwamError, match="action-noise"):
+        generate(tmp_path / "bad", GenerateConfig(tasks=["reach-v3"], episodes_per_task=1, action_noise=-0.1))

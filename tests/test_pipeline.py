@@ -142,6 +142,11 @@ def test_a_dataset_made_with_other_settings_is_refused(tmp_path):
     with pytest.raises(RepwamError, match=r"generated with episodes_per_task=20, image_size=64; .* asks for "
                                           r"episodes_per_task=60, image_size=128"):
         ablation(tmp_path, PipelineConfig(tasks="reach-v3", episodes_per_task=60, image_size=128), ["plain"], [0])
+    # a dataset from before `action_noise` existed is a clean one: refused for noisy demonstrations
+    with pytest.raises(RepwamError, match=r"generated with action_noise=0.0; .* asks for action_noise=0.5"):
+        ablation(tmp_path, PipelineConfig(tasks="reach-v3", episodes_per_task=20, action_noise=0.5), ["plain"], [0])
+    noisy = PipelineConfig(tasks="reach-v3", episodes_per_task=20, action_noise=0.5)
+    assert "--action-noise" in ablation(tmp_path / "n", noisy, ["plain"], [0]).jobs["data"].args
 
 
 def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):

@@ -90,6 +90,8 @@ def data_generate(
     image_size: int = typer.Option(64, help="square image size in pixels"),
     max_steps: int = typer.Option(500, help="episode step limit"),
     workers: int = typer.Option(2, help="worker processes (one env each)"),
+    action_noise: float = typer.Option(0.0, help="DART: std of Gaussian noise on the executed hand action (the "
+                                       "expert's own action is recorded); 0 records the clean expert"),
     overwrite: bool = typer.Option(False, help="replace a complete dataset at --out"),
 ):
     """Record Meta-World scripted-expert demonstrations (randomized layouts) as a LeRobot v3.0 dataset."""
@@ -103,6 +105,7 @@ def data_generate(
         image_size=image_size,
         max_steps=max_steps,
         workers=workers,
+        action_noise=action_noise,
     )
     report = generate(out, cfg, overwrite=overwrite)
     short = {t: r["short_by"] for t, r in report["tasks"].items() if "short_by" in r}

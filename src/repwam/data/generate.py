@@ -52,6 +52,7 @@ class GenerateConfig:
     steps_after_success: int = 8
     goal_marker_scale: float = 3.0
     max_attempts_factor: int = 3
+    action_noise: float = 0.0  # DART: std of the noise added to the executed hand action (see rollout_expert)
     workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
 
 
@@ -63,10 +64,12 @@ def layout_seed(base_seed: int, task: str, k: int, *, eval: bool = False) -> int
     return int(state % EVAL_SEED_OFFSET) + (EVAL_SEED_OFFSET if eval else 0)
 
 
-def features(cameras: tuple[str, ...] | str, image_size: int) -> dict[str, dict]:
-    """LeRobot feature spec of a generated dataset: one video per camera, then state, simulator state, action."""
+def features(cameras: tuple[str, ...] | str, image_size: int, *, executed: bool = False) -> dict[str, dict]:
+    """LeRobot feature spec of a generated dataset: one video per camera, then state, simulator state, action (and,
+    with `executed`, the action the env executed: noisy demonstrations)."""
     cameras = (cameras,) if isinstance(cameras, str) else cameras
     video = {"dtype": "video", "shape": (image_size, image_size, 3), "names": ["height", "width", "channels"]}
+    extra = {"action.executed": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES}}
     return {
         **{f"observation.images.{cam}": dict(video) for cam in cameras},
         "observation.state": {"dtype": "float32", "shape": (len(STATE_NAMES),), "names": STATE_NAMES},
@@ -74,6 +77,7 @@ def features(cameras: tuple[str, ...] | str, image_size: int) -> dict[str, dict]
         "action": {"dtype": "float32", "shape": (len(ACTION_NAMES),), "names": ACTION_NAMES},
         "next.reward": {"dtype": "float32", "shape": (1,), "names": None},
         "next.success": {"dtype": "bool", "shape": (1,), "names": None},
+        **(extra if executed else {}),
     }
 
 
@@ -95,7 +99,7 @@ def _attempt(cfg: dict, task: str, k: int, seed: int, staging: str) -> tuple[str
             goal_marker_scale=cfg["goal_marker_scale"],
             max_steps=cfg["max_steps"],
         )
-    ep = rollout_expert(_ENV, seed, steps_after_success=cfg["steps_after_success"])
+    ep = rollout_expert(_ENV, seed, steps_after_success=cfg["steps_after_success"], action_noise=cfg["action_noise"])
     path = Path(staging) / task / f"{k:05d}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if ep["episode_success"]:
@@ -129,6 +133,8 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
     cfg.cameras = check_cameras(cfg.cameras)
     if cfg.episodes_per_task < 1:
         raise RepwamError(f"--episodes-per-task must be >= 1, got {cfg.episodes_per_task}")
+    if not 0 <= cfg.action_noise <= 1:
+        raise RepwamError(f"--action-noise must be in [0, 1] (a std in action units), got {cfg.action_noise}")
     staging = out.parent / f"{out.name}.partial"
     if (out / "meta" / "info.json").exists():
         if not overwrite:
@@ -152,7 +158,8 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
             )
     settings_file.write_text(json.dumps(settings, indent=1))
 
-    wcfg = {k: settings[k] for k in ("cameras", "image_size", "goal_marker_scale", "max_steps", "steps_after_success")}
+    wcfg = {k: settings[k] for k in ("cameras", "image_size", "goal_marker_scale", "max_steps", "steps_after_success",
+                                      "action_noise")}
     n, max_attempts = cfg.episodes_per_task, cfg.episodes_per_task * cfg.max_attempts_factor
     state = {t: _staged(staging, t) for t in tasks}
     resumed = sum(v for s in state.values() for v in s.values())
@@ -192,7 +199,7 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
     # ---- assemble: first n successes of each task, in attempt order
     report = {"tasks": {}, "settings": settings, "generation_seconds": round(gen_seconds, 1)}
     writer = LeRobotWriter(
-        out, fps=FPS, features=features(cfg.cameras, cfg.image_size), robot_type="sawyer", overwrite=True
+        out, fps=FPS, features=features(cfg.cameras, cfg.image_size, executed=cfg.action_noise > 0), robot_type="sawyer", overwrite=True
     )
     for t in tqdm(tasks, desc="writing LeRobot v3.0", unit="task"):
         kept = [k for k in sorted(state[t]) if state[t][k]][:n]
@@ -209,6 +216,7 @@ def generate(out: str | Path, cfg: GenerateConfig, *, overwrite: bool = False) -
                     "action": ep["action"],
                     "next.reward": ep["reward"][:, None],
                     "next.success": ep["success"][:, None],
+                    **({"action.executed": ep["executed_action"]} if cfg.action_noise > 0 else {}),
                 }
                 writer.add_episode(
                     frames, instruction(t), extra_episode_meta={"success": True, "seed": int(ep["seed"]), "env_task": t}

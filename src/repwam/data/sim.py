@@ -167,23 +167,37 @@ class MetaWorldEnv:
         self.close()
 
 
-def rollout_expert(env: MetaWorldEnv, seed: int, *, steps_after_success: int = 8) -> dict[str, np.ndarray | bool]:
+def rollout_expert(env: MetaWorldEnv, seed: int, *, steps_after_success: int = 8,
+                   action_noise: float = 0.0) -> dict[str, np.ndarray | bool]:
     """Run the scripted expert from `seed`'s layout. Frame t is observed before action t is taken.
 
+    `action_noise` > 0 collects DART-style demonstrations (Laskey et al., 2017): the env executes the expert's action
+    plus Gaussian noise of that std on the hand's x, y, z (the gripper is left alone), clipped to [-1, 1], while
+    "action" records the expert's own action at the state reached. The expert is closed-loop, so the episodes show it
+    recovering from the small deviations a learned policy makes; "executed_action" records what was executed. The
+    noise is seeded by `seed`, so the same layout gives the same episode.
     Stops `steps_after_success` steps after the first success, or at `env.max_steps`.
     Returns arrays with leading dim T and `success`; "images" holds one (T, H, W, 3) array per camera of the env,
     "image" the first camera's.
     """
+    if not action_noise >= 0:
+        raise RepwamError(f"action_noise must be >= 0, got {action_noise}")
+    rng = np.random.default_rng([seed, 1])
     obs = env.reset(seed)
-    frames, states, full, actions, rewards, successes = [], [], [], [], [], []
+    frames, states, full, actions, executed, rewards, successes = [], [], [], [], [], [], []
     first_success = None
     for t in range(env.max_steps):
         frames.append(env.render_all())
         states.append(obs[:4])
         full.append(obs)
         action = env.expert_action()
-        res = env.step(action)
+        act = action
+        if action_noise > 0:
+            act = action.copy()
+            act[:3] = np.clip(act[:3] + rng.normal(0.0, action_noise, 3), -1.0, 1.0)
+        res = env.step(act)
         actions.append(action)
+        executed.append(act)
         rewards.append(res.reward)
         successes.append(res.success)
         obs = res.obs
@@ -199,7 +213,8 @@ def rollout_expert(env: MetaWorldEnv, seed: int, *, steps_after_success: int = 8
         "image": images[env.camera],  # the first camera's (the same array)
         "state": np.asarray(states, np.float32),  # (T, 4)
         "env_state": np.asarray(full, np.float32),  # (T, 39)
-        "action": np.asarray(actions, np.float32),  # (T, 4)
+        "action": np.asarray(actions, np.float32),  # (T, 4) the expert's
+        "executed_action": np.asarray(executed, np.float32),  # (T, 4) what the env executed (action + noise)
         "reward": np.asarray(rewards, np.float32),  # (T,)
         "success": np.asarray(successes, bool),  # (T,) success after taking action t
         "episode_success": first_success is not None,

@@ -66,6 +66,7 @@ class PipelineConfig:
     tasks: str = "mt10"
     cameras: str = "corner3"  # comma-separated Meta-World cameras: every stage then sees all of them
     episodes_per_task: int = 20  # demonstrations per task
+    action_noise: float = 0.0  # DART demonstrations: std of the noise on the executed hand action (0: clean expert)
     image_size: int = 64
     preset: str = "tiny"
     device: str = "cpu"
@@ -150,7 +151,8 @@ class Pipeline:
         c = self.cfg
         self._check_dataset()
         return self.add("data", ["data", "generate", "--tasks", c.tasks, "--episodes-per-task", c.episodes_per_task,
-                                 "--camera", c.cameras, "--image-size", c.image_size, "--out", self.data],
+                                 "--camera", c.cameras, "--image-size", c.image_size, "--out", self.data,
+                                 *(["--action-noise", c.action_noise] if c.action_noise else [])],
                         self.data / "meta" / "info.json")
 
     def _check_dataset(self) -> None:
@@ -161,7 +163,8 @@ class Pipeline:
             return
         have, c = json.loads(f.read_text()).get("settings", {}), self.cfg
         want = {"episodes_per_task": c.episodes_per_task, "image_size": c.image_size,
-                "cameras": [x.strip() for x in c.cameras.split(",")]}
+                "cameras": [x.strip() for x in c.cameras.split(",")], "action_noise": c.action_noise}
+        have.setdefault("action_noise", 0.0)  # datasets from before the setting
         diff = {k: (have.get(k), v) for k, v in want.items() if k in have and have[k] != v}
         if diff:
             raise RepwamError(f"{self.data} was generated with " + ", ".join(f"{k}={a}" for k, (a, _) in diff.items())

@@ -251,3 +251,21 @@ def test_cli_runs_the_expert(tmp_path):
                            catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "| reach-v3 | 100.0%" in r.output and (tmp_path / "success.png").exists()
+
+
+def test_demonstration_layouts_are_a_separate_diagnostic(tmp_path, tiny_dataset):
+    """`demo_layouts=DATASET`: the episodes start from that dataset's demonstration layouts (the seeds it recorded),
+    marked as such; such a run is never resumed as an evaluation (or the other way round); too few is refused."""
+    from repwam.data.lerobot import LeRobotDataset
+
+    kw = dict(tasks="reach", episodes_per_task=2, seed=0, workers=0, max_steps=150, progress=False, videos_per_task=0)
+    res = evaluate_policy(PolicySpec(EXPERT, {"image_size": SIZE}), out_dir=tmp_path / "d", demo_layouts=tiny_dataset,
+                          **kw)
+    want = [int(ep["seed"]) for ep in LeRobotDataset(tiny_dataset).episodes if ep["env_task"] == "reach-v3"][:2]
+    assert [r["seed"] for r in _lines(tmp_path / "d" / EPISODES_FILE)] == want and max(want) < EVAL_SEED_OFFSET
+    assert res["layouts"].startswith("demonstrations of") and res["mean"]["success_rate"] == 1.0
+    with pytest.raises(RepwamError, match="layouts"):
+        evaluate_policy(PolicySpec(EXPERT, {"image_size": SIZE}), out_dir=tmp_path / "d", **kw)
+    with pytest.raises(RepwamError, match="holds 3 demonstrations of reach-v3"):
+        evaluate_policy(PolicySpec(EXPERT, {"image_size": SIZE}), out_dir=tmp_path / "e", demo_layouts=tiny_dataset,
+                        **{**kw, "episodes_per_task": 5})

@@ -318,6 +318,8 @@ def eval_policy_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="results directory (a rerun with the same settings resumes)"),
     max_steps: Optional[int] = typer.Option(None, help="step limit per episode (default: Meta-World's 500)"),
     videos: int = typer.Option(1, help="rollout videos per task (the first episodes)"),
+    demo_layouts: Optional[Path] = typer.Option(None, help="diagnostic: run on the layouts of this dataset's "
+                                                "demonstrations instead of the evaluation layouts"),
 ):
     """Closed-loop success on Meta-World evaluation layouts: per-task success with 95% Wilson intervals, videos."""
     from repwam.eval.closed_loop import evaluate_policy, format_table, policy_spec
@@ -325,7 +327,8 @@ def eval_policy_cmd(
     if (checkpoint is None) == (server is None):
         raise RepwamError("pass exactly one of --checkpoint DIR|expert|random and --server ws://HOST:PORT")
     results = evaluate_policy(policy_spec(checkpoint or server, seed=seed), tasks=tasks, episodes_per_task=episodes, seed=seed,
-                              workers=workers, out_dir=out, max_steps=max_steps, videos_per_task=videos)
+                              workers=workers, out_dir=out, max_steps=max_steps, videos_per_task=videos,
+                              demo_layouts=demo_layouts)
     typer.echo(format_table(results) + f"\n\n(results: {out / 'results.json'}, plot: {results['plot']})")
 
 

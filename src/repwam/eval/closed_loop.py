@@ -167,6 +167,25 @@ def evaluation_seeds(seed: int, tasks: list[str], episodes_per_task: int) -> dic
     return {(t, k): layout_seed(seed, t, k, eval=True) for t in tasks for k in range(episodes_per_task)}
 
 
+def demonstration_seeds(dataset: str | Path, tasks: list[str], episodes_per_task: int) -> dict[tuple[str, int], int]:
+    """(task, episode index) -> the layout seed of that task's k-th demonstration in `dataset`: a diagnostic (does
+    the policy reproduce what it was trained on?), never the protocol's success rate."""
+    from repwam.data.lerobot import LeRobotDataset
+
+    by_task: dict[str, list[int]] = {}
+    for ep in LeRobotDataset(dataset).episodes:
+        if "seed" in ep and "env_task" in ep:
+            by_task.setdefault(ep["env_task"], []).append(int(ep["seed"]))
+    out = {}
+    for t in tasks:
+        have = by_task.get(t, [])
+        if len(have) < episodes_per_task:
+            raise RepwamError(f"{dataset} holds {len(have)} demonstrations of {t} (with their layout seeds); "
+                              f"asked for {episodes_per_task} episodes per task on demonstration layouts")
+        out.update({(t, k): have[k] for k in range(episodes_per_task)})
+    return out
+
+
 # ---------------------------------------------------------------- worker side: one policy and one env per process
 _WORKER: dict[str, Any] = {}
 
@@ -506,10 +525,12 @@ def evaluate_policy(
     max_steps: int | None = None,
     videos_per_task: int = 1,
     progress: bool = True,
+    demo_layouts: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run `episodes_per_task` closed-loop episodes of every task (resuming a previous run in `out_dir`) and
     summarise them. Cameras and image size come from the policy's metadata. Returns the results (also in
-    `out_dir/results.json`); `max_steps=None` is Meta-World's limit of 500 steps."""
+    `out_dir/results.json`); `max_steps=None` is Meta-World's limit of 500 steps. `demo_layouts` (a generated
+    dataset) runs the episodes on its demonstrations' layouts instead (a diagnostic: `seed` is then unused)."""
     spec = make_policy
     tasks = resolve_tasks(tasks)
     max_steps = META_WORLD_MAX_STEPS if max_steps is None else int(max_steps)
@@ -525,11 +546,14 @@ def evaluate_policy(
     config_path, episodes_path = out_dir / CONFIG_FILE, out_dir / EPISODES_FILE
     stored = json.loads(config_path.read_text()) if config_path.exists() else None
     settings: dict[str, Any] = {"protocol": PROTOCOL, "policy": spec.to_json(), "seed": seed, "max_steps": max_steps}
+    # None: the evaluation layouts (also what an eval_config.json from before this setting means)
+    settings["layouts"] = None if demo_layouts is None else f"demonstrations of {Path(demo_layouts).resolve()}"
     _check_settings(stored, settings, out_dir)  # before starting any worker
     records = _load_episodes(episodes_path)
     if records and stored is None:
         raise RepwamError(f"{episodes_path} exists without {config_path.name}: choose another --out")
-    seeds = evaluation_seeds(seed, tasks, episodes_per_task)
+    seeds = evaluation_seeds(seed, tasks, episodes_per_task) if demo_layouts is None else \
+        demonstration_seeds(demo_layouts, tasks, episodes_per_task)
     todo = deque(key for key in seeds if key not in records)
     resumed = len(seeds) - len(todo)
 
@@ -559,6 +583,7 @@ def evaluate_policy(
     results = {
         "policy": str(spec),
         "seed": seed,
+        "layouts": settings["layouts"] or "evaluation",
         "episodes_per_task": episodes_per_task,
         "settings": stored,
         **summarize(chosen, tasks),

@@ -417,3 +417,19 @@ def test_cli_help_lists_the_stage_options(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--aug-shift" in out and "--optim.lr" in out and "--encoder" in out
+
+
+def test_random_shift_translates_every_frame_of_a_sample_alike_and_is_off_by_default():
+    from repwam.train.plain import PlainTrainConfig, random_shift
+
+    assert PlainTrainConfig().aug_shift == 0  # off: from one fixed camera the goal's pixel position is the goal
+    images = torch.randn(3, 2, 1, 3, 16, 16)  # (B, n_obs, V, C, S, S)
+    assert torch.equal(random_shift(images, 0), images)
+    out = random_shift(images, 2, torch.Generator().manual_seed(0))
+    assert out.shape == images.shape
+    for b in range(3):
+        # the one (dx, dy) under which the sample's interior matches: the same for both frames and every channel
+        found = [(dx, dy) for dx in range(-2, 3) for dy in range(-2, 3)
+                 if torch.allclose(out[b, ..., 2:-2, 2:-2],
+                                   images[b, ..., 2 + dy: 14 + dy, 2 + dx: 14 + dx])]
+        assert len(found) == 1

@@ -66,9 +66,18 @@ def test_generated_dataset_matches_what_was_recorded(tiny_dataset):
     # re-run the expert from the stored seed of one episode per task: same actions, same frames (up to the codec)
     for e in range(0, ds.num_episodes, TINY_EPISODES):
         meta = ds.episodes[e]
+        data = ds.episode_data(e)
         with MetaWorldEnv(meta["env_task"]) as env:
             rec = rollout_expert(env, int(meta["seed"]))
-        data = ds.episode_data(e)
+            # replayed open loop from the same layout, the recorded actions give the recorded states and the
+            # success: a policy that emits the demonstrated actions succeeds in the evaluation env
+            obs, states, success = env.reset(int(meta["seed"])), [], False
+            for a in data["action"]:
+                states.append(obs[:4])
+                res = env.step(a)
+                obs, success = res.obs, success or res.success
+        np.testing.assert_allclose(np.asarray(states, np.float32), data["observation.state"], atol=1e-6)
+        assert success
         frames = ds.episode_frames(e, "observation.images.corner3")
         assert rec["episode_success"] and bool(meta["success"])
         np.testing.assert_array_equal(data["action"], rec["action"])
@@ -78,16 +87,6 @@ def test_generated_dataset_matches_what_was_recorded(tiny_dataset):
         mse = np.mean((frames.astype(np.float64) - rec["image"]) ** 2)
         assert 10 * np.log10(255**2 / mse) > 30, "video round trip lost too much"
         assert bool(data["next.success"][-1]), "episodes end after the expert succeeded"
-        # replayed open loop from the same layout, the recorded actions give the recorded states and the success:
-        # a policy that emits the demonstrated actions succeeds in the evaluation env
-        with MetaWorldEnv(meta["env_task"]) as env:
-            obs, states, success = env.reset(int(meta["seed"])), [], False
-            for a in data["action"]:
-                states.append(obs[:4])
-                res = env.step(a)
-                obs, success = res.obs, success or res.success
-        np.testing.assert_allclose(np.asarray(states, np.float32), data["observation.state"], atol=1e-6)
-        assert success
     # stats agree with the recorded columns
     actions = np.concatenate([ds.episode_data(e)["action"] for e in range(ds.num_episodes)])
     st = ds.stats["action"]

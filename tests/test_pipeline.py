@@ -126,6 +126,11 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert args[args.index("--state-key") + 1] == "observation.environment_state"
     assert "--state-key" not in pg["train-plain_plain_s0"].args and pg["train-plain_plain_goal_s0"].needs == ["data"]
     assert "eval-plain_plain_goal_s0" in pg
+    assert all("--optim.keep-snapshots" not in j.args for j in jobs.values())  # each stage's own default
+    keep = ablation(tmp_path / "keep", PipelineConfig(tasks="reach-v3", keep_snapshots=12), ["repwam", "plain"], [0])
+    for name in ("train-tok_default", "train-wam_repwam_s0", "train-plain_plain_s0"):
+        args = keep.jobs[name].args
+        assert args[args.index("--optim.keep-snapshots") + 1] == "12"
     d = demo(tmp_path / "demo", DEMO)
     assert {"eval-wam_repwam_s0", "eval-plain_plain_s0", "eval-tokenizer", "eval-lat", "eval-wam"} <= set(d.jobs)
 

@@ -81,6 +81,8 @@ class PipelineConfig:
     videos_per_task: int = 1
     jobs: int = 2  # cores: processes at once
     eval_workers: int = 2  # at most this many environment processes per closed-loop evaluation (the free cores)
+    # periodic snapshots each training run keeps, to evaluate a long run's earlier steps (None: each stage's default)
+    keep_snapshots: int | None = None
     # wall-time target (minutes) for one row's chain data -> ... -> evaluation: every training stage gets a share of
     # it (BUDGET_SHARES, after FIXED_MINUTES for the rest) as optim.minutes, its steps raised to STEPS_CAP_FACTOR x
     # the settings above as the cap, so the stages train for as long as the budget allows (None: the step counts)
@@ -144,6 +146,8 @@ class Pipeline:
             steps *= STEPS_CAP_FACTOR
         args = ["train", stage, "--data", self.data, "--out", self.run_dir(name), "--optim.steps", steps,
                 "--optim.seed", seed, "--optim.device", self.cfg.device, *budget, *extra]
+        if self.cfg.keep_snapshots is not None:
+            args += ["--optim.keep-snapshots", self.cfg.keep_snapshots]
         # the proof is the final step's checkpoint, not just `last` (which exists from the first save on)
         return self.add(f"train-{name}", args, self.run_dir(name) / "finished", needs)
 

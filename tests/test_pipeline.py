@@ -154,18 +154,25 @@ def test_a_dataset_made_with_other_settings_is_refused(tmp_path):
     assert "--action-noise" in ablation(tmp_path / "n", noisy, ["plain"], [0]).jobs["data"].args
 
 
+def _eval_result(root, run, rates, n=10):
+    """A (row, seed)'s `eval/<run>/results.json` as `repwam eval policy` writes it (the fields the table reads)."""
+    import json
+
+    f = root / "eval" / run / "results.json"
+    f.parent.mkdir(parents=True)
+    tasks = {t: {"success_rate": r, "successes": round(r * n), "episodes": n} for t, r in rates.items()}
+    s = sum(v["successes"] for v in tasks.values())
+    f.write_text(json.dumps({"tasks": tasks, "mean": {"success_rate": sum(rates.values()) / len(rates),
+                                                      "successes": s, "episodes": n * len(rates)}}))
+
+
 def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):
     import json
 
     from repwam.train.pipeline import ablation_summary, ablation_table, plot_ablation
 
-    def result(run, rates, n=10):
-        f = tmp_path / "eval" / run / "results.json"
-        f.parent.mkdir(parents=True)
-        tasks = {t: {"success_rate": r, "successes": round(r * n), "episodes": n} for t, r in rates.items()}
-        s = sum(v["successes"] for v in tasks.values())
-        f.write_text(json.dumps({"tasks": tasks, "mean": {"success_rate": sum(rates.values()) / len(rates),
-                                                          "successes": s, "episodes": n * len(rates)}}))
+    def result(run, rates):
+        _eval_result(tmp_path, run, rates)
 
     result("wam_repwam_s0", {"reach-v3": 0.2, "push-v3": 0.4})
     result("wam_repwam_s1", {"reach-v3": 0.4, "push-v3": 0.6})
@@ -185,6 +192,32 @@ def test_the_table_and_plot_come_from_the_per_seed_results(tmp_path):
     earlier = {"joint": {"reported": {"mean": 0.55, "std": 0.01, "seeds": 3}}, **summary}
     assert plot_ablation(earlier, tmp_path / "b.png").stat().st_size > 1000
     assert ablation_table({}) == "(no finished (row, seed) yet)"
+
+
+def test_report_only_tabulates_results_copied_in_and_runs_nothing(tmp_path):
+    """Seeds run on different machines (or sittings) end up in one table: copy their `eval/<run>/` folders into one
+    --out and `repwam ablate --report-only` writes the table, summary and plot from them without training."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from repwam.cli import app
+
+    _eval_result(tmp_path, "wam_repwam_s0", {"reach-v3": 0.2, "push-v3": 0.4})
+    _eval_result(tmp_path, "wam_repwam_s2", {"reach-v3": 0.4, "push-v3": 0.4})
+    _eval_result(tmp_path, "plain_plain_s1", {"reach-v3": 0.1, "push-v3": 0.0})
+    args = ["ablate", "--out", str(tmp_path), "--rows", "repwam", "plain", "--seeds", "0", "1", "2", "--report-only"]
+    r = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "| repwam | 2 | 0.350 ± 0.071 | 14/40 (" in r.output and "| plain | 1 | 0.050 | 1/20 (" in r.output
+    assert (tmp_path / "table.md").read_text().strip() == r.output.strip()
+    assert set(json.loads((tmp_path / "summary.json").read_text())["repwam"]) == {"0", "2"}
+    assert (tmp_path / "ablation.png").exists()
+    assert not any((tmp_path / name).exists() for name in ("runs", "data", "pipeline.json"))
+    for bad, msg in [(["--out", str(tmp_path / "empty")], "nothing evaluated under"),
+                     (["--out", str(tmp_path), "--rows", "repwam", "bogus"], "unknown ablation rows ['bogus']")]:
+        r = CliRunner().invoke(app, ["ablate", *bad, "--report-only"])
+        assert r.exit_code != 0 and msg in r.output + str(r.exception)
 
 
 def test_sigterm_stops_the_running_jobs_with_the_pipeline(tmp_path):

@@ -337,14 +337,20 @@ def ablate_cmd(ctx: typer.Context):
     """Train and evaluate every ablation row for several seeds (resumable: a rerun runs only what is missing),
     then write the table, the bar plot and per-task success. Options: `repwam ablate --help`."""
     from repwam.train.pipeline import (DEFAULT_ROWS, ROWS, PipelineConfig, ablation, ablation_summary, ablation_table,
-                                       plot_ablation)
+                                       check_rows, plot_ablation)
 
     a = _parse(ctx.args, "repwam ablate", f"Rows: {', '.join(ROWS)}. Every (row, seed) is saved when it finishes.",
                PipelineConfig(), [("out", str, "outputs/ablation"), ("rows", list[str], list(DEFAULT_ROWS)),
-                                  ("seeds", list[int], [0, 1, 2])])
-    pipeline = ablation(a.out, a.cfg, a.rows, a.seeds)
+                                  ("seeds", list[int], [0, 1, 2]), ("report_only", bool, False)])
+    if a.report_only:  # the (row, seed)s already under --out (run here, or results copied in): nothing runs
+        check_rows(a.rows)
+        if not (Path(a.out) / "eval").is_dir():
+            raise RepwamError(f"--report-only: nothing evaluated under {a.out} (no {Path(a.out) / 'eval'} folder)")
+    else:
+        pipeline = ablation(a.out, a.cfg, a.rows, a.seeds)  # checks the rows and the dataset, creates --out
     try:
-        pipeline.run()
+        if not a.report_only:
+            pipeline.run()
     finally:
         summary = ablation_summary(a.out, a.rows, a.seeds)
         table = ablation_table(summary)

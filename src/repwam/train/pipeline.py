@@ -378,10 +378,14 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[int]) -> Pipeline:
+def check_rows(rows: list[str]) -> None:
     unknown = sorted(set(rows) - set(ROWS))
     if unknown:
         raise RepwamError(f"unknown ablation rows {unknown}; rows: {', '.join(ROWS)}")
+
+
+def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[int]) -> Pipeline:
+    check_rows(rows)
     p = Pipeline(out, cfg)
     for row in rows:
         for seed in seeds:

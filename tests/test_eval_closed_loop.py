@@ -269,3 +269,20 @@ def test_demonstration_layouts_are_a_separate_diagnostic(tmp_path, tiny_dataset)
     with pytest.raises(RepwamError, match="holds 3 demonstrations of reach-v3"):
         evaluate_policy(PolicySpec(EXPERT, {"image_size": SIZE}), out_dir=tmp_path / "e", demo_layouts=tiny_dataset,
                         **{**kw, "episodes_per_task": 5})
+
+
+def test_policy_settings_parse_and_apply_to_checkpoints_only(tmp_path):
+    from repwam.policy import parse_settings
+
+    assert parse_settings(["chunk=1", "actions_only=false", "device=cpu", "steps=null"]) == {
+        "chunk": 1, "actions_only": False, "device": "cpu", "steps": None}
+    assert parse_settings(None) == {}
+    for bad in ("chunk", "=1"):
+        with pytest.raises(RepwamError, match="KEY=VALUE"):
+            parse_settings([bad])
+    for name in ("expert", "random", "ws://127.0.0.1:8000"):
+        with pytest.raises(RepwamError, match="apply to a checkpoint"):
+            policy_spec(name, settings={"chunk": 1})
+    (tmp_path / "ckpt").mkdir()
+    spec = policy_spec(str(tmp_path / "ckpt"))
+    assert "settings" not in spec.kwargs, "no settings: the same eval_config.json as before the option existed"

@@ -187,6 +187,10 @@ def test_policy_bad_inputs(adapted, tiny_dataset):
     from repwam.policy import load_policy
 
     ds = LeRobotDataset(tiny_dataset)
+    with pytest.raises(RepwamError, match=r"chunk must be in \[1, 4\]"):
+        load_policy(adapted, chunk=5)
+    with pytest.raises(RepwamError, match="inference settings are chunk.*unknown: execute"):
+        load_policy(adapted, execute=4)  # the plain policy's setting
     policy = load_policy(adapted)
     obs = _episode_obs(ds, 0, 0)
     with pytest.raises(RepwamError, match="reset"):
@@ -209,6 +213,22 @@ def test_closed_loop_episode_end_to_end(adapted, tmp_path):
                           out_dir=tmp_path, max_steps=12, videos_per_task=1, progress=False)
     row = res["tasks"]["reach-v3"]
     assert row["episodes"] == 1 and 0 <= row["success_rate"] <= 1 and row["infer_ms_mean"] > 0
+
+
+def test_closed_loop_with_inference_settings_records_them(adapted, tmp_path):
+    """`--setting chunk=1` reaches the policy in the worker, is recorded in eval_config.json, and a rerun with other
+    settings into the same folder is refused instead of mixing episodes of two policies."""
+    import json
+
+    from repwam.eval.closed_loop import evaluate_policy, policy_spec
+
+    kw = dict(tasks=["reach-v3"], episodes_per_task=1, seed=0, workers=0, out_dir=tmp_path, max_steps=6,
+              videos_per_task=0, progress=False)
+    evaluate_policy(policy_spec(str(adapted), settings={"chunk": 1}), **kw)
+    config = json.loads((tmp_path / "eval_config.json").read_text())
+    assert config["policy"]["kwargs"]["settings"] == {"chunk": 1}
+    with pytest.raises(RepwamError):
+        evaluate_policy(policy_spec(str(adapted), settings={"chunk": 2}), **kw)
 
 
 def test_policy_through_the_server_matches_in_process(adapted, tiny_dataset, tmp_path):

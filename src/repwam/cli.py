@@ -306,6 +306,10 @@ def eval_wam_cmd(
     typer.echo(table)
 
 
+SETTING_HELP = ("a policy inference setting, KEY=VALUE, repeatable: RepWAM chunk=1 (latent frames planned and "
+                "executed per plan, 4 actions each), actions_only=false; plain execute=4 (actions run per plan)")
+
+
 @eval_app.command("policy")
 def eval_policy_cmd(
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", "-c",
@@ -320,13 +324,16 @@ def eval_policy_cmd(
     videos: int = typer.Option(1, help="rollout videos per task (the first episodes)"),
     demo_layouts: Optional[Path] = typer.Option(None, help="diagnostic: run on the layouts of this dataset's "
                                                 "demonstrations instead of the evaluation layouts"),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help=SETTING_HELP),
 ):
     """Closed-loop success on Meta-World evaluation layouts: per-task success with 95% Wilson intervals, videos."""
     from repwam.eval.closed_loop import evaluate_policy, format_table, policy_spec
+    from repwam.policy import parse_settings
 
     if (checkpoint is None) == (server is None):
         raise RepwamError("pass exactly one of --checkpoint DIR|expert|random and --server ws://HOST:PORT")
-    results = evaluate_policy(policy_spec(checkpoint or server, seed=seed), tasks=tasks, episodes_per_task=episodes, seed=seed,
+    spec = policy_spec(checkpoint or server, seed=seed, settings=parse_settings(setting))
+    results = evaluate_policy(spec, tasks=tasks, episodes_per_task=episodes, seed=seed,
                               workers=workers, out_dir=out, max_steps=max_steps, videos_per_task=videos,
                               demo_layouts=demo_layouts)
     typer.echo(format_table(results) + f"\n\n(results: {out / 'results.json'}, plot: {results['plot']})")
@@ -387,6 +394,7 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", help="interface to listen on (0.0.0.0: every interface)"),
     port: int = typer.Option(8000, help="TCP port (0: any free port, printed at start)"),
     max_connections: int = typer.Option(16, help="concurrent clients; each holds its own policy state"),
+    setting: Optional[list[str]] = typer.Option(None, "--setting", help=SETTING_HELP),
 ):
     """Serve a policy over openpi's websocket protocol (msgpack + numpy; GET /healthz answers 200)."""
     import dataclasses
@@ -396,7 +404,9 @@ def serve_cmd(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     limits = dataclasses.replace(ServeLimits(), max_connections=max_connections)
-    make_policy, metadata = checkpoint_policy_factory(checkpoint)
+    from repwam.policy import parse_settings
+
+    make_policy, metadata = checkpoint_policy_factory(checkpoint, **parse_settings(setting))
     PolicyServer(make_policy, host, port, metadata=metadata, limits=limits).serve_forever()
 
 

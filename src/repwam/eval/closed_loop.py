@@ -107,8 +107,9 @@ class PolicySpec:
         return f"{self.target}({args})"
 
 
-def load_checkpoint_policy(path: str) -> Policy:
-    """A policy checkpoint directory, through `repwam.policy.load_policy` (imported here, in the worker)."""
+def load_checkpoint_policy(path: str, settings: dict[str, Any] | None = None) -> Policy:
+    """A policy checkpoint directory, through `repwam.policy.load_policy` (imported here, in the worker), with its
+    inference `settings` (e.g. {"chunk": 1})."""
     import repwam.policy
 
     load = getattr(repwam.policy, "load_policy", None)
@@ -117,12 +118,16 @@ def load_checkpoint_policy(path: str) -> Policy:
             f"cannot evaluate {path}: no checkpoint type is servable yet (repwam.policy.load_policy does not exist); "
             "the reference rows are --checkpoint expert and --checkpoint random"
         )
-    return load(path)
+    return load(path, **(settings or {}))
 
 
-def policy_spec(name: str, *, seed: int = 0) -> PolicySpec:
+def policy_spec(name: str, *, seed: int = 0, settings: dict[str, Any] | None = None) -> PolicySpec:
     """`expert`, `random` (seeded with `seed`), a checkpoint directory, or a policy server `ws://HOST:PORT`
-    (each worker opens its own connection, so each has its own episode state on the server)."""
+    (each worker opens its own connection, so each has its own episode state on the server). `settings`: a
+    checkpoint policy's inference settings (`repwam.policy.load_policy`), recorded in eval_config.json."""
+    if settings and (name in ("expert", "random") or name.startswith(("ws://", "wss://"))):
+        raise RepwamError(f"policy settings ({', '.join(settings)}) apply to a checkpoint; {name} takes none "
+                          "(a server's policy is set when it is started: `repwam serve --setting ...`)")
     if name.startswith(("ws://", "wss://")):
         return PolicySpec("repwam.serve.client:WebsocketPolicy", {"url": name})
     if name == "expert":
@@ -132,7 +137,10 @@ def policy_spec(name: str, *, seed: int = 0) -> PolicySpec:
     path = Path(name)
     if not path.is_dir():
         raise RepwamError(f"--checkpoint {name!r} is neither a directory nor one of: expert, random")
-    return PolicySpec("repwam.eval.closed_loop:load_checkpoint_policy", {"path": str(path.resolve())})
+    kwargs: dict[str, Any] = {"path": str(path.resolve())}
+    if settings:  # only when given, so the eval_config.json of earlier runs still matches
+        kwargs["settings"] = dict(settings)
+    return PolicySpec("repwam.eval.closed_loop:load_checkpoint_policy", kwargs)
 
 
 def env_settings(metadata: dict[str, Any], policy: str) -> dict[str, Any]:

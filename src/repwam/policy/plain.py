@@ -439,6 +439,8 @@ class PlainPolicy:
     empty sample a chunk of H and queue its first `execute`; return the queue (current action first) and pop it.
     """
 
+    SETTINGS = ("execute", "steps", "seed", "device")  # what `load_policy(path, **settings)` takes
+
     def __init__(self, model: PlainPolicyModel, text, *, execute: int = 8, steps: int | None = None, seed: int = 0,
                  device: str = "cpu"):
         meta = model.checkpoint_meta

@@ -38,6 +38,8 @@ from repwam.wam.text import TextEncoder
 
 
 class RepWAMPolicy:
+    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine")  # what `load_policy(path, **settings)` takes
+
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
                  chunk: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
                  imagine: bool = False):
@@ -47,6 +49,9 @@ class RepWAMPolicy:
                               "(`repwam train wam --stage adapt --init <pretrained>`)")
         self.model, self.tokenizer, self.lat, self.text = model.eval(), tokenizer.eval(), lat, text
         self.k = int(chunk or model.cfg.chunk_size)
+        if not 1 <= self.k <= max(model.cfg.chunk_sizes):
+            raise RepwamError(f"chunk must be in [1, {max(model.cfg.chunk_sizes)}] latent frames (the chunk sizes "
+                              f"{list(model.cfg.chunk_sizes)} this model was trained on), got {chunk}")
         self.per = model.cfg.robot_per_frame
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])

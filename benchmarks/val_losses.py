@@ -15,14 +15,12 @@ from pathlib import Path
 
 
 def val_losses(run: Path) -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from repwam.eval.report import run_scalars
 
     if not (run / "tb").is_dir():
         raise SystemExit(f"{run} has no tb/ folder (a run directory of `repwam train ...`)")
-    ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
-    ea.Reload()
-    return {tag: [(e.step, round(float(e.value), 4)) for e in ea.Scalars(tag)]
-            for tag in ea.Tags()["scalars"] if tag.startswith("val/")}
+    return {tag: [(step, round(value, 4)) for step, value in points]
+            for tag, points in run_scalars(run).items() if tag.startswith("val/")}
 
 
 def main() -> None:

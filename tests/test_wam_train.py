@@ -227,7 +227,7 @@ def test_closed_loop_with_inference_settings_records_them(adapted, tmp_path):
     evaluate_policy(policy_spec(str(adapted), settings={"chunk": 1}), **kw)
     config = json.loads((tmp_path / "eval_config.json").read_text())
     assert config["policy"]["kwargs"]["settings"] == {"chunk": 1}
-    with pytest.raises(RepwamError):
+    with pytest.raises(RepwamError, match="other settings"):
         evaluate_policy(policy_spec(str(adapted), settings={"chunk": 2}), **kw)
 
 

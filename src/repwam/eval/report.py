@@ -47,29 +47,36 @@ def _md_table(md: str) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def run_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a training run logged to TensorBoard (`<run>/tb`): tag -> [(step, value), ...]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    ea.Reload()
+    return {tag: [(e.step, float(e.value)) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+
+
 def training_curves(runs_dir: Path, out: Path) -> list[Path]:
     """One PNG per run: its train/val scalars from TensorBoard."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     pictures = []
     for run in sorted(p for p in runs_dir.iterdir() if (p / "tb").is_dir()):
-        ea = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
-        ea.Reload()
-        tags = [t for t in ea.Tags()["scalars"] if t.split("/")[-1] in
+        scalars = run_scalars(run)
+        tags = [t for t in scalars if t.split("/")[-1] in
                 ("loss", "video", "action", "robot", "l1", "psnr", "fwd_mse", "teacher_cosine", "action_mse")]
         if not tags:
             continue
         fig, axes = plt.subplots(1, len(tags), figsize=(2.6 * len(tags), 2.3), squeeze=False)
         for ax, tag in zip(axes[0], tags):
-            ev = ea.Scalars(tag)
+            ev = scalars[tag]
             if tag in ("train/video", "train/action"):  # 0 is logged when that stream was dropped for the batch
-                ev = [e for e in ev if e.value != 0] or ev
+                ev = [e for e in ev if e[1] != 0] or ev
             val = tag.startswith("val")  # a few points (one per save): markers, so a single one shows
-            ax.plot([e.step for e in ev], [e.value for e in ev], "o-" if val else "-", ms=3, color="C1" if val else "C0")
+            ax.plot([s for s, _ in ev], [v for _, v in ev], "o-" if val else "-", ms=3, color="C1" if val else "C0")
             ax.set_title(tag, fontsize=8)
             ax.tick_params(labelsize=7)
         fig.suptitle(run.name, fontsize=9)

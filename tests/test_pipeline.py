@@ -4,6 +4,7 @@ new jobs and is raised, timings and the run's wall time kept across sittings; an
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -107,7 +108,7 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     cfg = PipelineConfig(tasks="reach-v3", eval_workers=2)
     p = ablation(tmp_path, cfg, ["repwam", "recon", "joint", "no_ell", "plain"], [0, 1])
     jobs = p.jobs
-    assert jobs["train-wam_repwam_s1"].needs == ["train-wampre_repwam_s1"]
+    assert jobs["train-wam_repwam_s1"].needs == ["train-wampre_repwam_s1", "data"]
     assert jobs["train-wampre_repwam_s0"].needs == ["train-lat_default"] == jobs["train-wampre_no_ell_s0"].needs
     assert "--no-use-latent-actions" in jobs["train-wam_no_ell_s0"].args
     assert jobs["train-lat_none"].needs == ["train-tok_none"] and "train-wampre_joint_s0" not in jobs
@@ -118,7 +119,7 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
         ablation(tmp_path, cfg, ["nope"], [0])
     # no_state: adapts repwam's own pretraining without the state token
     ns = ablation(tmp_path / "ns", cfg, ["repwam", "no_state"], [0]).jobs
-    assert ns["train-wam_no_state_s0"].needs == ["train-wampre_repwam_s0"] and "train-wampre_no_state_s0" not in ns
+    assert ns["train-wam_no_state_s0"].needs == ["train-wampre_repwam_s0", "data"] and "train-wampre_no_state_s0" not in ns
     assert "--no-use-state" in ns["train-wam_no_state_s0"].args and "--no-use-state" not in ns["train-wam_repwam_s0"].args
     # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
     pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
@@ -133,6 +134,29 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
         assert args[args.index("--optim.keep-snapshots") + 1] == "12"
     d = demo(tmp_path / "demo", DEMO)
     assert {"eval-wam_repwam_s0", "eval-plain_plain_s0", "eval-tokenizer", "eval-lat", "eval-wam"} <= set(d.jobs)
+
+
+def test_pretraining_videos_feed_the_tokenizer_lat_and_pretraining_and_demonstrations_the_rest(tmp_path):
+    cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, video_episodes_per_task=50)
+    p = ablation(tmp_path, cfg, ["repwam", "joint", "plain"], [0])
+    jobs = p.jobs
+
+    def data(name):
+        args = jobs[name].args
+        return Path(args[args.index("--data") + 1])
+
+    assert p.video != p.data
+    assert data("train-tok_default") == data("train-lat_default") == data("train-wampre_repwam_s0") == p.video
+    assert data("train-wam_repwam_s0") == data("train-wam_joint_s0") == data("train-plain_plain_s0") == p.data
+    gen = jobs["data-video"].args
+    assert gen[gen.index("--episodes-per-task") + 1] == "50" and Path(gen[gen.index("--out") + 1]) == p.video
+    assert jobs["data"].args[jobs["data"].args.index("--episodes-per-task") + 1] == "5"
+    assert jobs["train-tok_default"].needs == ["data-video"] and "data" in jobs["train-wam_repwam_s0"].needs
+    plain = ablation(tmp_path / "plain", PipelineConfig(tasks="reach-v3"), ["repwam"], [0])
+    assert plain.video == plain.data and "data-video" not in plain.jobs
+    with pytest.raises(RepwamError, match="video_episodes_per_task=3 must be 0 .* or >= episodes_per_task=5"):
+        ablation(tmp_path / "few", PipelineConfig(tasks="reach-v3", episodes_per_task=5, video_episodes_per_task=3),
+                 ["repwam"], [0])
 
 
 def test_a_dataset_made_with_other_settings_is_refused(tmp_path):

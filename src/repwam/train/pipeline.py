@@ -28,6 +28,8 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  a training target only, as plain_aux); shares repwam's pretraining
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
+With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
+as video only (a second dataset whose first layouts are the demonstrations'); the rest sees the demonstrations.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ class PipelineConfig:
     tasks: str = "mt10"
     cameras: str = "corner3"  # comma-separated Meta-World cameras: every stage then sees all of them
     episodes_per_task: int = 20  # demonstrations per task
+    # > 0: the tokenizer, the LAT and the WAM's pretraining see this many episodes per task as video only (their
+    # actions are never read); adaptation, the joint row and the plain policy see the episodes_per_task
+    # demonstrations, which are the first layouts of the same seeds (the common case: many videos, few demonstrations)
+    video_episodes_per_task: int = 0
     action_noise: float = 0.0  # DART demonstrations: std of the noise on the executed hand action (0: clean expert)
     image_size: int = 64
     preset: str = "tiny"
@@ -114,6 +120,13 @@ class Pipeline:
         self._lock = threading.Lock()
         views = "" if cfg.cameras == "corner3" else "@" + cfg.cameras.replace(",", "+")
         self.data = self.out / "data" / (cfg.tasks.replace(",", "+") + views)
+        if cfg.video_episodes_per_task and cfg.video_episodes_per_task < cfg.episodes_per_task:
+            raise RepwamError(f"video_episodes_per_task={cfg.video_episodes_per_task} must be 0 (pretrain on the "
+                              f"demonstrations) or >= episodes_per_task={cfg.episodes_per_task}: the videos include "
+                              "the demonstrations' layouts")
+        # what the tokenizer, the LAT and the WAM's pretraining train on
+        self.video = self.data.with_name(self.data.name + f"@video{cfg.video_episodes_per_task}") \
+            if cfg.video_episodes_per_task else self.data
 
     # ------------------------------------------------------------------ building blocks
     def add(self, name: str, args: list[str], done: Path, needs: list[str] = (), max_cores: int = 1) -> str:
@@ -140,49 +153,56 @@ class Pipeline:
         return ["--optim.minutes", round(minutes, 2)]
 
     def train(self, stage: str, name: str, steps: int, extra: list, needs: list[str], seed: int = 0,
-              share: str | None = None) -> str:
+              share: str | None = None, data: Path | None = None) -> str:
         budget = self.budget(share or stage)
         if budget:
             steps *= STEPS_CAP_FACTOR
-        args = ["train", stage, "--data", self.data, "--out", self.run_dir(name), "--optim.steps", steps,
+        args = ["train", stage, "--data", data or self.data, "--out", self.run_dir(name), "--optim.steps", steps,
                 "--optim.seed", seed, "--optim.device", self.cfg.device, *budget, *extra]
         if self.cfg.keep_snapshots is not None:
             args += ["--optim.keep-snapshots", self.cfg.keep_snapshots]
         # the proof is the final step's checkpoint, not just `last` (which exists from the first save on)
         return self.add(f"train-{name}", args, self.run_dir(name) / "finished", needs)
 
-    def dataset(self) -> str:
+    def dataset(self, video: bool = False) -> str:
+        """The demonstrations' generation job, or (video) that of the pretraining videos (the demonstrations'
+        job itself when there are no separate videos)."""
         c = self.cfg
-        self._check_dataset()
-        return self.add("data", ["data", "generate", "--tasks", c.tasks, "--episodes-per-task", c.episodes_per_task,
-                                 "--camera", c.cameras, "--image-size", c.image_size, "--out", self.data,
-                                 *(["--action-noise", c.action_noise] if c.action_noise else [])],
-                        self.data / "meta" / "info.json")
+        if video and self.video == self.data:
+            video = False
+        path, episodes = (self.video, c.video_episodes_per_task) if video else (self.data, c.episodes_per_task)
+        self._check_dataset(path, episodes)
+        return self.add("data-video" if video else "data",
+                        ["data", "generate", "--tasks", c.tasks, "--episodes-per-task", episodes,
+                         "--camera", c.cameras, "--image-size", c.image_size, "--out", path,
+                         *(["--action-noise", c.action_noise] if c.action_noise else [])],
+                        path / "meta" / "info.json")
 
-    def _check_dataset(self) -> None:
-        """A dataset already at `self.data` must be the one these settings would generate: every later job (and
+    def _check_dataset(self, path: Path, episodes: int) -> None:
+        """A dataset already at `path` must be the one these settings would generate: every later job (and
         every result copied in) is keyed by `out` alone, so other settings there would be mixed in silently."""
-        f = self.data / "meta" / "repwam_generation.json"
+        f = path / "meta" / "repwam_generation.json"
         if not f.exists():
             return
         have, c = json.loads(f.read_text()).get("settings", {}), self.cfg
-        want = {"episodes_per_task": c.episodes_per_task, "image_size": c.image_size,
+        want = {"episodes_per_task": episodes, "image_size": c.image_size,
                 "cameras": [x.strip() for x in c.cameras.split(",")], "action_noise": c.action_noise}
         have.setdefault("action_noise", 0.0)  # datasets from before the setting
         diff = {k: (have.get(k), v) for k, v in want.items() if k in have and have[k] != v}
         if diff:
-            raise RepwamError(f"{self.data} was generated with " + ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+            raise RepwamError(f"{path} was generated with " + ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
                               + "; this pipeline asks for " + ", ".join(f"{k}={b}" for k, (_, b) in diff.items())
                               + ": use another --out (or delete that dataset and everything trained on it)")
 
     def tokenizer(self, recipe: str) -> str:
         return self.train("tokenizer", f"tok_{recipe}", self.cfg.tok_steps,
-                          ["--recipe", recipe, "--preset", self.cfg.preset], [self.dataset()])
+                          ["--recipe", recipe, "--preset", self.cfg.preset], [self.dataset(video=True)],
+                          data=self.video)
 
     def lat(self, tok_recipe: str) -> str:
         tok = self.tokenizer(tok_recipe)
         return self.train("lat", f"lat_{tok_recipe}", self.cfg.lat_steps, ["--tokenizer", self.ckpt(f"tok_{tok_recipe}")],
-                          [tok])
+                          [tok], data=self.video)
 
     def evaluate(self, run: str, needs: list[str]) -> str:
         c = self.cfg
@@ -205,18 +225,18 @@ class Pipeline:
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
         if row == "joint":
-            run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps, ["--recipe", "joint", *models], [lat], seed,
-                             share="plain")
+            run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps, ["--recipe", "joint", *models],
+                             [lat, self.dataset()], seed, share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []
         no_state = ["--no-use-state"] if row == "no_state" else []
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         shares = row in ("no_state", "repwam_aux")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
-        pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed)
+        pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed, data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
                            ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux],
-                           [pre], seed, share="adapt")
+                           [pre, self.dataset()], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 
     def inspect(self, tok_recipe: str, wam_run: str) -> list[str]:

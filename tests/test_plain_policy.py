@@ -76,9 +76,11 @@ def observation(rng, size=64, state=None):
 
 
 # ---------------------------------------------------------------- the model
+@pytest.mark.parametrize("preset", ["tiny", "tiny128"])
 @pytest.mark.parametrize("encoder", ["resnet", "vit"])
-def test_shapes_and_size(encoder):
-    cfg = PlainConfig.preset("tiny", encoder=encoder)
+def test_shapes_and_size(encoder, preset):
+    cfg = PlainConfig.preset(preset, encoder=encoder)
+    assert cfg.tokens_per_frame == 64  # 8x8 at 64 or 128 pixels
     model = PlainPolicyModel(cfg).eval()
     assert 1.5e6 < model.num_params() < 4e6, "tiny is the size of the tiny tokenizer + WAM"
     b = fake_batch(cfg, B=2)
@@ -87,7 +89,7 @@ def test_shapes_and_size(encoder):
     assert memory.shape == (2, n_tokens, cfg.width) and mask.shape == (2, n_tokens) and not mask[1, -3:].any()
     assert model.velocity(b["action"], torch.rand(2), memory, mask).shape == (2, cfg.horizon, cfg.action_dim)
     assert model.sample_actions(b["images"], b["state"], b["text"], b["text_mask"], steps=2).shape == (2, 16, 4)
-    with pytest.raises(RepwamError, match=r"images \(B, 2, 1, 3, 64, 64\) \(n_obs frames of 1 camera"):
+    with pytest.raises(RepwamError, match=rf"images \(B, 2, 1, 3, {cfg.image_size}, {cfg.image_size}\) \(n_obs frames"):
         model.encode(b["images"][:, :1], b["state"], b["text"], b["text_mask"])
 
 

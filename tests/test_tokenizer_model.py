@@ -42,7 +42,7 @@ def tiny():
 # ---- config and shapes ----
 
 
-@pytest.mark.parametrize("name,batch", [("tiny", 2), ("small", 1)])
+@pytest.mark.parametrize("name,batch", [("tiny", 2), ("tiny128", 1), ("small", 1)])
 def test_preset_forward_shapes(name, batch):
     cfg = TokenizerConfig.preset(name)
     model = RepViTok(cfg).eval()
@@ -80,6 +80,7 @@ def test_presets_param_counts():
             counts[name] = RepViTok(TokenizerConfig.preset(name)).num_params()
     print({k: f"{v / 1e6:.1f}M" for k, v in counts.items()})
     assert counts["tiny"] < 3e6 < counts["small"] < counts["base"]
+    assert counts["tiny"] < counts["tiny128"] < 3e6  # only the patch embedding and unpatchify grow
 
 
 def test_config_dict_roundtrip_and_errors():

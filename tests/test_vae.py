@@ -45,7 +45,10 @@ def test_tiny_preset_matches_the_tiny_vit():
     n, n_vit = vae.num_params(), vit.num_params()
     print(f"tiny CausalVAE {n / 1e6:.2f}M params, tiny RepViTok {n_vit / 1e6:.2f}M")
     assert 0.7 * n_vit < n < 1.5 * n_vit
-    assert set(VAE_PRESETS) >= {"tiny", "small"}
+    assert set(VAE_PRESETS) >= {"tiny", "tiny128", "small"}
+    vae128, vit128 = CausalVAE(VAEConfig.preset("tiny128")), RepViTok(TokenizerConfig.preset("tiny128"))
+    for attr in ("latent_grid", "tokens_per_frame", "latent_dim", "temporal_patch", "image_size"):
+        assert getattr(vae128, attr) == getattr(vit128, attr) == (getattr(vit, attr) if attr != "image_size" else 128)
 
 
 @pytest.mark.parametrize("t,t_lat", [(1, 1), (5, 2), (9, 3)])

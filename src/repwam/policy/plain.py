@@ -130,6 +130,8 @@ class PlainConfig(ModelConfig):
 PRESETS: dict[str, PlainConfig] = {
     # CPU: 64x64 frames, 8x8 tokens per frame, ~2.0M params (~2.7M with the ResNet), as the tiny tokenizer + WAM
     "tiny": PlainConfig(),
+    # tiny at 128x128 frames: 16x16 patches, the same 8x8 tokens per frame (as the tiny128 tokenizer)
+    "tiny128": PlainConfig(image_size=128, patch_size=16, conv_channels=(32, 64, 128, 128)),
     # one GPU: 128x128 frames, 8x8 tokens per frame (ResNet stride 16), ~66M params, as the small WAM
     "small": PlainConfig(image_size=128, encoder="resnet", patch_size=16, conv_channels=(64, 128, 256, 256),
                          width=512, heads=8, obs_depth=4, depth=8),

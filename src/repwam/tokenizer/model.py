@@ -114,6 +114,8 @@ class TokenizerConfig(ModelConfig):
 PRESETS: dict[str, TokenizerConfig] = {
     # trains on a 2-core CPU: 64x64 frames, 8x8 = 64 tokens per latent frame (~1.7M params)
     "tiny": TokenizerConfig(image_size=64, patch_size=8, width=128, depth=4, heads=4, latent_dim=32),
+    # tiny at 128x128: 16x16 patches, the same 8x8 grid and compute past the patch embedding (4x the pixels each)
+    "tiny128": TokenizerConfig(image_size=128, patch_size=16, width=128, depth=4, heads=4, latent_dim=32),
     # one GPU: 128x128 frames, 16x16 = 256 tokens per latent frame (~29M params)
     "small": TokenizerConfig(image_size=128, patch_size=8, width=384, depth=8, heads=6, latent_dim=64),
     # paper: 256x256, p=16, 12 layers x 768 for encoder and decoder, d_v = 96 (~176M params)

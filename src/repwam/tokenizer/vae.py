@@ -135,6 +135,9 @@ VAE_PRESETS: dict[str, VAEConfig] = {
     # context_window 3: the tiny RepViTok's attention window (its clips of 2-5 latent frames all contain it)
     "tiny": VAEConfig(image_size=64, latent_dim=32, patch_size=2, base_channels=24, channel_mult=(1, 2, 2),
                       temporal_down=(True, True), context_window=3),
+    # tiny at 128x128: a 4x4 space-to-depth input, the same 8x8 grid
+    "tiny128": VAEConfig(image_size=128, latent_dim=32, patch_size=4, base_channels=24, channel_mult=(1, 2, 2),
+                         temporal_down=(True, True), context_window=3),
     # beside RepViTok "small" (30M): 128x128 -> 16x16 grid, d_v = 64; WAN's level widths (1, 2, 4, 4) and
     # 2 ResBlocks per level (34M params)
     "small": VAEConfig(

@@ -41,7 +41,7 @@ the offset between query and key frames, so this shift is exact and the rotation
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -111,11 +111,12 @@ class TokenizerConfig(ModelConfig):
         return PRESETS
 
 
+# trains on a 2-core CPU: 64x64 frames, 8x8 = 64 tokens per latent frame (~1.7M params)
+_TINY = TokenizerConfig(image_size=64, patch_size=8, width=128, depth=4, heads=4, latent_dim=32)
 PRESETS: dict[str, TokenizerConfig] = {
-    # trains on a 2-core CPU: 64x64 frames, 8x8 = 64 tokens per latent frame (~1.7M params)
-    "tiny": TokenizerConfig(image_size=64, patch_size=8, width=128, depth=4, heads=4, latent_dim=32),
+    "tiny": _TINY,
     # tiny at 128x128: 16x16 patches, the same 8x8 grid and compute past the patch embedding (4x the pixels each)
-    "tiny128": TokenizerConfig(image_size=128, patch_size=16, width=128, depth=4, heads=4, latent_dim=32),
+    "tiny128": replace(_TINY, image_size=128, patch_size=16),
     # one GPU: 128x128 frames, 16x16 = 256 tokens per latent frame (~29M params)
     "small": TokenizerConfig(image_size=128, patch_size=8, width=384, depth=8, heads=6, latent_dim=64),
     # paper: 256x256, p=16, 12 layers x 768 for encoder and decoder, d_v = 96 (~176M params)

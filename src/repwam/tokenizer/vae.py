@@ -48,7 +48,7 @@ and `decode` restores.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 import torch
@@ -127,17 +127,17 @@ class VAEConfig(ModelConfig):
         return VAE_PRESETS
 
 
+# beside RepViTok "tiny" (1.9M): 64x64 frames -> 8x8 latent grid, 4x in time, d_v = 32. A 2x2 space-to-depth
+# input (as WAN2.2's VAE) instead of a full-resolution level: ~4x fewer FLOPs, which is what makes a conv VAE
+# trainable on a CPU at all (the full-resolution variant, patch_size=1 with channel_mult (1, 2, 2, 2), took
+# 21 s per bf16 step of 16 x 17 frames on one thread against RepViTok's 1.2 s)
+# context_window 3: the tiny RepViTok's attention window (its clips of 2-5 latent frames all contain it)
+_TINY = VAEConfig(image_size=64, latent_dim=32, patch_size=2, base_channels=24, channel_mult=(1, 2, 2),
+                  temporal_down=(True, True), context_window=3)
 VAE_PRESETS: dict[str, VAEConfig] = {
-    # beside RepViTok "tiny" (1.9M): 64x64 frames -> 8x8 latent grid, 4x in time, d_v = 32. A 2x2 space-to-depth
-    # input (as WAN2.2's VAE) instead of a full-resolution level: ~4x fewer FLOPs, which is what makes a conv VAE
-    # trainable on a CPU at all (the full-resolution variant, patch_size=1 with channel_mult (1, 2, 2, 2), took
-    # 21 s per bf16 step of 16 x 17 frames on one thread against RepViTok's 1.2 s)
-    # context_window 3: the tiny RepViTok's attention window (its clips of 2-5 latent frames all contain it)
-    "tiny": VAEConfig(image_size=64, latent_dim=32, patch_size=2, base_channels=24, channel_mult=(1, 2, 2),
-                      temporal_down=(True, True), context_window=3),
+    "tiny": _TINY,
     # tiny at 128x128: a 4x4 space-to-depth input, the same 8x8 grid
-    "tiny128": VAEConfig(image_size=128, latent_dim=32, patch_size=4, base_channels=24, channel_mult=(1, 2, 2),
-                         temporal_down=(True, True), context_window=3),
+    "tiny128": replace(_TINY, image_size=128, patch_size=4),
     # beside RepViTok "small" (30M): 128x128 -> 16x16 grid, d_v = 64; WAN's level widths (1, 2, 4, 4) and
     # 2 ResBlocks per level (34M params)
     "small": VAEConfig(

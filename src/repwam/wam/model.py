@@ -320,13 +320,12 @@ def _streams(video_width, video_ffn, action_width, action_ffn):
     return (StreamConfig(VIDEO, video_width, video_ffn), StreamConfig(ACTION, action_width, action_ffn))
 
 
+# CPU: the tiny tokenizer's 8x8 x 32 latents, patch 2 -> 16 video tokens per latent frame
+_TINY = WAMConfig(width=128, depth=4, heads=4, streams=_streams(128, 512, 64, 256), attn_window=8,
+                  last_frame_cond=True, video_target="residual")
 PRESETS: dict[str, WAMConfig] = {
-    # CPU: the tiny tokenizer's 8x8 x 32 latents, patch 2 -> 16 video tokens per latent frame
-    "tiny": WAMConfig(width=128, depth=4, heads=4, streams=_streams(128, 512, 64, 256), attn_window=8,
-                      last_frame_cond=True, video_target="residual"),
-    # the tiny128 tokenizer's latents have the tiny grid: the same model
-    "tiny128": WAMConfig(width=128, depth=4, heads=4, streams=_streams(128, 512, 64, 256), attn_window=8,
-                         last_frame_cond=True, video_target="residual"),
+    "tiny": _TINY,
+    "tiny128": _TINY,  # the tiny128 tokenizer's latents have the tiny grid: the same model (preset() copies)
     # one GPU: the small tokenizer's 16x16 x 64 latents, patch 2 -> 64 tokens per latent frame
     "small": WAMConfig(
         latent_grid=(16, 16), latent_dim=64, width=512, depth=12, heads=8,

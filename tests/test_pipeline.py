@@ -121,6 +121,11 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     ns = ablation(tmp_path / "ns", cfg, ["repwam", "no_state"], [0]).jobs
     assert ns["train-wam_no_state_s0"].needs == ["train-wampre_repwam_s0", "data"] and "train-wampre_no_state_s0" not in ns
     assert "--no-use-state" in ns["train-wam_no_state_s0"].args and "--no-use-state" not in ns["train-wam_repwam_s0"].args
+    # first_frame: adapts repwam's own pretraining with the episode's first frame as context
+    ff = ablation(tmp_path / "ff", cfg, ["repwam", "first_frame"], [0]).jobs
+    assert ff["train-wam_first_frame_s0"].needs == ["train-wampre_repwam_s0", "data"]
+    assert "--first-frame-context" in ff["train-wam_first_frame_s0"].args
+    assert "--first-frame-context" not in ff["train-wam_repwam_s0"].args
     # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
     pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
     args = pg["train-plain_plain_goal_s0"].args

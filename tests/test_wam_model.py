@@ -985,3 +985,40 @@ def test_adaptation_adds_the_read_out_head(tmp_path):
     path = WorldActionModel(WAMConfig.preset("tiny")).save_pretrained(tmp_path / "pre")
     model = WorldActionModel.from_pretrained(path, allow_new_streams=True, **ROBOT, aux_dim=7)
     assert {"io.robot.aux_head.1.weight", "io.robot.aux_head.3.weight"} <= set(model.new_parameters)
+
+
+def test_first_frame_context_is_read_and_added_by_adaptation(tmp_path):
+    """first_frame_context: the episode's first latent frame is cross-attention context (outputs depend on it, a
+    missing or misshapen one is refused), and adaptation adds it to a pretrained WAM without it."""
+    B, T, k = 2, 5, 2
+    model = scrambled(first_frame_context=True, **ROBOT)
+    batch, noisy = clip(B, T, robot=True), noisy_inputs(B, T, robot=True)
+    with pytest.raises(RepwamError, match="first latent frame"):
+        tf(model, batch, noisy, k)
+    with pytest.raises(RepwamError, match="one latent frame per episode"):
+        tf(model, batch, noisy, k, first=batch["z"][:, :2])
+    with pytest.raises(RepwamError, match="first latent frame"):
+        model.new_cache(batch["text"], batch["text_mask"])
+    with torch.no_grad():
+        a = tf(model, batch, noisy, k, first=batch["z"][:, 0])
+        b = tf(model, batch, noisy, k, first=torch.randn(B, L, DV))
+    for key in ("video", "action", "robot"):
+        assert a[key].shape == b[key].shape and not torch.allclose(a[key], b[key], atol=1e-4), key
+    batch["first"] = batch["z"][:, 0]
+    model.train()
+    model.loss(batch)["loss"].backward()
+    assert model.first_proj.weight.grad.abs().sum() > 0 and model.first_pos.grad.abs().sum() > 0
+    # sampling: the cache holds the text and the first frame's P tokens as cross-attention context
+    cache = model.eval().new_cache(batch["text"], batch["text_mask"], first=batch["z"][:, 0])
+    assert cache.text.emb.shape[1] == 6 + model.cfg.group_tokens_per_frame("video")
+    model.append(cache, batch["z"][:, :1], state=batch["state"][:, :1])
+    assert model.sample_chunk(cache, k)["robot"].shape == (B, k, PER, AR)
+    # a model without it ignores `first`
+    plain = scrambled(**ROBOT)
+    with torch.no_grad():
+        torch.testing.assert_close(tf(plain, batch, noisy, k), tf(plain, batch, noisy, k, first=batch["z"][:, 0]))
+
+    path = scrambled().save_pretrained(tmp_path / "pre")
+    adapted = WorldActionModel.from_pretrained(path, allow_new_streams=True, first_frame_context=True, **ROBOT)
+    assert {"first_proj.weight", "first_proj.bias", "first_pos"} <= set(adapted.new_parameters)
+    assert adapted.cfg.first_frame_context

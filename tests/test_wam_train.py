@@ -257,3 +257,32 @@ def test_policy_through_the_server_matches_in_process(adapted, tiny_dataset, tmp
     a, b = (json.loads((tmp_path / d / "episodes.jsonl").read_text().splitlines()[0]) for d in ("local", "remote"))
     assert (a["success"], a["steps"], a["seed"]) == (b["success"], b["steps"], b["seed"])
     assert local["mean"]["success_rate"] == remote["mean"]["success_rate"]
+
+
+def test_adapt_and_policy_with_the_first_frame_as_context(wam_ckpt, tiny_dataset, tmp_path):
+    """--first-frame-context: clips carry their episode's first latent frame, adaptation adds the context to a
+    pretrained WAM, and the policy gives the model the first frame it observed (the same latents as training)."""
+    from repwam.policy import load_policy
+    from repwam.train.wam import WAMStage
+    from repwam.data.lerobot import LeRobotDataset
+
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         first_frame_context=True, optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3,
+                                                                     warmup=1, save_every=2, val_items=8))
+    stage = WAMStage(cfg, [tiny_dataset], progress=False)
+    d, e, s = stage.train_set.index[5]
+    assert s > 0  # a clip that does not start at the episode's start still carries frame 0
+    np.testing.assert_array_equal(np.asarray(stage.train_set[5]["first"]), np.asarray(stage.train_set.latents[d][e][0]))
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = WorldActionModel.from_pretrained(ckpt)
+    assert model.cfg.first_frame_context
+
+    ds = LeRobotDataset(tiny_dataset)
+    policy = load_policy(ckpt, chunk=1)
+    policy.reset(ds.episode_task(0))
+    for t in range(6):
+        assert np.isfinite(policy.infer(_episode_obs(ds, 0, t))["actions"]).all()
+    z0 = policy.history_latents()[0]
+    with torch.no_grad():
+        ctx = model.first_proj(model.patchify(z0[None, None])) + model.first_pos
+    torch.testing.assert_close(policy._episode["cache"].text.emb[0, -len(model.first_pos):], ctx[0])

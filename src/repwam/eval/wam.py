@@ -69,7 +69,7 @@ def imagine(model: WorldActionModel, z0: torch.Tensor, text_emb, text_mask, hori
             seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Roll the model forward `horizon` latent frames from z0 (B, L, d): (imagined z (B, H, L, d), ℓ (B, H, A))."""
     g = torch.Generator().manual_seed(seed)
-    cache = model.new_cache(text_emb, text_mask)
+    cache = model.new_cache(text_emb, text_mask, first=z0)  # z0 is the episode's first frame
     model.append(cache, z0[:, None])
     zs, ells, done = [], [], 0
     k = chunk or model.cfg.chunk_size

@@ -101,10 +101,9 @@ class RepWAMPolicy:
     def reset(self, instruction: str) -> None:
         if instruction not in self._text_memo:  # the encoder runs once per instruction string
             self._text_memo[instruction] = self.text.encode(instruction)
-        emb, mask = self._text_memo[instruction]
         self._episode = {
             "instruction": instruction,
-            "cache": self.model.new_cache(emb[None], mask[None]),
+            "cache": None,  # made at the first observation (first_frame_context reads it)
             "stream": self.tokenizer.stream_encoder(len(self.cameras)),  # one stream row per view
             "frames": [],  # frames observed since the last latent frame
             "new_z": [],  # latent frames observed since the last plan
@@ -137,6 +136,8 @@ class RepWAMPolicy:
         out: dict[str, np.ndarray] = {}
         if ep["t"] == 0:
             z0 = self._views_to_tokens(ep["stream"].push(image[:, None]))  # (1, V L, d)
+            emb, mask = self._text_memo[ep["instruction"]]
+            ep["cache"] = self.model.new_cache(emb[None], mask[None], first=z0)
             self.model.append(ep["cache"], z0[:, None], state=None if state is None else state[None, None])
             ep["last_z"] = z0
             ep["history"].append(z0[0])

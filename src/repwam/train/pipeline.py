@@ -26,6 +26,9 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  acts on its own estimate of the simulator state (deployable: the estimate comes from the camera)
     repwam_aux   repwam whose adaptation also reads the simulator state out of the state tokens (`--aux-key`,
                  a training target only, as plain_aux); shares repwam's pretraining
+    first_frame  repwam whose adaptation also cross-attends to the episode's first latent frame
+                 (`--first-frame-context`: the layout as first seen, which the attention window forgets);
+                 shares repwam's pretraining
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -51,7 +54,7 @@ from repwam.errors import RepwamError
 from repwam.serve import ENV_STATE_KEY
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
-        "repwam_aux")
+        "repwam_aux", "first_frame")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est")  # by `repwam train plain`; runs plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
@@ -231,11 +234,12 @@ class Pipeline:
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []
         no_state = ["--no-use-state"] if row == "no_state" else []
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
-        shares = row in ("no_state", "repwam_aux")
+        first = ["--first-frame-context"] if row == "first_frame" else []
+        shares = row in ("no_state", "repwam_aux", "first_frame")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed, data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
-                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux],
+                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first],
                            [pre, self.dataset()], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 

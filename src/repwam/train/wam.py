@@ -45,6 +45,9 @@ class WAMTrainConfig:
     # (WAMConfig.aux_dim; ENV_STATE_KEY: the simulator's object and goal poses); None: off
     aux_key: str | None = None
     aux_weight: float = 1.0  # the read-out's MSE weight in the loss
+    # the episode's first latent frame joins the instruction as cross-attention context (WAMConfig.first_frame_context):
+    # a memory of the goal and objects as first seen; adapt adds it to a pretrained WAM that lacks it
+    first_frame_context: bool = False
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -120,7 +123,7 @@ class WAMStage(Stage):
         grid = self.train_set.z_meta.get("latent_grid") or load_tokenizer(cfg.tokenizer).latent_grid
         overrides = dict(latent_grid=tuple(grid), latent_dim=d, action_dim=len(self.train_set.ell_norm.mean),
                          text_dim=encoder.dim, attn_window=cfg.attn_window, use_latent_actions=cfg.use_latent_actions,
-                         attn_backend=cfg.attn_backend)
+                         attn_backend=cfg.attn_backend, first_frame_context=cfg.first_frame_context)
         robot = {}
         if cfg.robot:
             a_dim = len(self.train_set.action_norm.mean)
@@ -129,8 +132,10 @@ class WAMStage(Stage):
                          aux_dim=len(self.train_set.aux_norm.mean) if cfg.aux_key else 0,
                          aux_loss_weight=cfg.aux_weight)
         if cfg.stage == "adapt":
+            first = {"first_frame_context": True} if cfg.first_frame_context else {}  # else as pretrained
             self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,
-                                                          attn_backend=cfg.attn_backend).train()
+                                                          attn_backend=cfg.attn_backend,
+                                                          **first).train()
             init_parents = self.model.checkpoint_meta.get("parents", {})
             for name, ref in (("tokenizer", self.tok), ("lat", self.lat)):
                 got = (init_parents.get(name) or {}).get("weights_hash")
@@ -152,7 +157,7 @@ class WAMStage(Stage):
         self.device = device
 
     def collate_fn(self, items):
-        keys = ("z", "ell", "valid") + (("action", "state") if self.cfg.robot else ()) + \
+        keys = ("z", "first", "ell", "valid") + (("action", "state") if self.cfg.robot else ()) + \
             (("aux",) if self.cfg.aux_key else ())
         batch = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in keys}
         idx = torch.tensor([it["text"] for it in items])

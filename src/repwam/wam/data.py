@@ -14,6 +14,7 @@ Item (a clip of `clip_frames` latent frames starting at latent frame s of one ep
                                  at stride s), normalised with the dataset stats      [when the data has them]
     state      (T', D_s)         proprioceptive state at the last raw frame each latent frame covers, normalised
                                                                                       [when the data has them]
+    first      (L, d_v)          the episode's first latent frame (the context of first_frame_context)
     aux        (T', D_e)         the simulator observation (`observation.environment_state`) at those frames,
                                  normalised: the privileged read-out's target, never a model input  [aux_norm given]
 """
@@ -142,6 +143,7 @@ class WAMClips(torch.utils.data.Dataset):
         trans = np.minimum(np.arange(s, s + self.clip_frames - 1), len(ell_ep) - 1)
         item = {
             "z": z_ep[frames],
+            "first": z_ep[0],
             "ell": self.ell_norm(ell_ep[trans]),
             "valid": torch.from_numpy(np.arange(s, s + self.clip_frames) < n_valid),
             "text": self.instructions.index(self.tasks[d][e]),

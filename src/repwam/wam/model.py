@@ -28,6 +28,11 @@ input embedding and output head; attention weights are shared at the video width
             robot stream's layers, no head, never a loss. One clean token per latent frame (B, T', D_s)
     text    (B, N_text, D_text) -> Linear -> (B, N_text, D), keys/values of every cross-attention;
             a learned null embedding replaces it for classifier-free guidance (`text_dropout`)
+    first   (first_frame_context) the episode's first latent frame (B, L, d_v) -> patchify -> Linear -> D,
+            + learned position: P more keys/values of the cross-attention, after the text (never dropped).
+            A memory of the layout as first seen (the goal, the objects) that no window evicts: the
+            self-attention only reaches attn_window latent frames back, and a goal the arm then hides is
+            gone from it
 
 Sequence and mask. Chunk 0 is z_1 (and its state s_1); chunk i >= 1 holds k latent frames,
 u_i = [z_{t+1..t+k}, ell_{t..t+k-1}, a_{t..t+k-1}] and, in its clean copy only, the states
@@ -166,6 +171,7 @@ class WAMConfig:
     # video tokens it attends to; sampling never computes it (0: none; needs state_dim > 0)
     aux_dim: int = 0
     text_dim: int = 384  # D_text (all-MiniLM-L6-v2)
+    first_frame_context: bool = False  # the episode's first latent frame joins the text in the cross-attention
     # backbone
     width: int = 128  # D: width of the shared attention (= the video stream's width in every preset)
     depth: int = 4
@@ -909,6 +915,9 @@ class WorldActionModel(Pretrained, nn.Module):
         self.cfg = cfg
         self.text_proj = nn.Linear(cfg.text_dim, cfg.width)
         self.null_text = nn.Parameter(torch.zeros(cfg.width))
+        if cfg.first_frame_context:  # the episode's first frame as cross-attention context (see the docstring)
+            self.first_proj = nn.Linear(cfg.token_dim(VIDEO), cfg.width)
+            self.first_pos = nn.Parameter(torch.zeros(cfg.group_tokens_per_frame(VIDEO), cfg.width))
         self.io = nn.ModuleDict({s.name: StreamIO(cfg, s) for s in cfg.active_streams})
         self.blocks = nn.ModuleList([MoTBlock(cfg) for _ in range(cfg.depth)])
         # recompute each block's activations in backward instead of keeping them (training only); a setting of how
@@ -940,13 +949,15 @@ class WorldActionModel(Pretrained, nn.Module):
             if blk.robot_gate is not None:
                 nn.init.zeros_(blk.robot_gate)  # video and ℓ start blind to the robot stream
         nn.init.normal_(self.null_text, std=0.02)
+        if self.cfg.first_frame_context:
+            nn.init.normal_(self.first_pos, std=0.02)
 
     @classmethod
     def from_pretrained(cls, path, *, allow_new_streams: bool = False, **overrides):
         """The model in eval mode; overrides replace config fields (attn_window, sampling defaults).
 
         allow_new_streams: the overrides may add what the checkpoint lacks (robot_action_dim, state_dim:
-        the robot stream, its state tokens). Everything the checkpoint has is loaded; the new parameters
+        the robot stream, its state tokens; first_frame_context: the first frame's context projection). Everything the checkpoint has is loaded; the new parameters
         keep their fresh initialisation and are listed in `model.new_parameters`. When the whole robot
         stream is new, its zero robot_gate makes the video and ℓ outputs those of the checkpoint until
         training moves the gate (and its zero head outputs zero robot velocities).
@@ -971,7 +982,7 @@ class WorldActionModel(Pretrained, nn.Module):
                 f"{path}: model.safetensors does not fit the WAM built from its config.json{hint} "
                 f"({first[0].strip()}); were the weights saved with another preset?"
             ) from None
-        old = [n for n in missing if not cls.is_robot_parameter(n)]
+        old = [n for n in missing if not (cls.is_robot_parameter(n) or n.startswith("first_"))]
         if unexpected or old:
             raise RepwamError(
                 f"{path}: the overrides {overrides} drop or change parts of the checkpoint (unexpected "
@@ -1085,8 +1096,25 @@ class WorldActionModel(Pretrained, nn.Module):
         """robot tokens (B, F, per·A_r) -> actions (B, F, per, A_r)."""
         return x.unflatten(-1, (self.cfg.robot_per_frame, self.cfg.robot_action_dim))
 
-    def text_context(self, text_emb=None, text_mask=None, drop=None, batch_size=None) -> TextContext:
-        """Project text (B, N, D_text) to width D; None, or rows where drop (B,) is True, get the null text."""
+    def text_context(self, text_emb=None, text_mask=None, drop=None, batch_size=None, first=None) -> TextContext:
+        """Project text (B, N, D_text) to width D; None, or rows where drop (B,) is True, get the null text.
+        first (B, L, d_v): the episode's first latent frame, appended as context [first_frame_context; else unread]."""
+        text = self._text_only(text_emb, text_mask, drop, batch_size)
+        if not self.cfg.first_frame_context:
+            return text
+        B = text.emb.shape[0]
+        if first is None:
+            raise RepwamError("this WAM reads the episode's first latent frame as context (first_frame_context): "
+                              "pass first=(B, L, d_v)")
+        if first.ndim != 3 or first.shape[0] != B:
+            raise RepwamError(f"first has shape {tuple(first.shape)}; expected (B={B}, L, d_v): one latent frame per "
+                              "episode")
+        self._check_latents(first[:, None], "first")
+        x = self.first_proj(self.patchify(first[:, None]).to(self.first_proj.weight.dtype)) + self.first_pos
+        mask = torch.ones(B, x.shape[1], dtype=torch.bool, device=x.device)
+        return TextContext(torch.cat([text.emb, x.to(text.emb.dtype)], 1), torch.cat([text.mask, mask], 1))
+
+    def _text_only(self, text_emb, text_mask, drop, batch_size) -> TextContext:
         D = self.cfg.width
         if text_emb is None:
             B = batch_size or 1
@@ -1222,14 +1250,15 @@ class WorldActionModel(Pretrained, nn.Module):
     def forward(self, z, ell=None, text_emb=None, text_mask=None, *, chunk_size: int, noisy_z, alpha_z,
                 noisy_ell=None, alpha_ell=None, robot=None, noisy_robot=None, alpha_robot=None, state=None,
                 valid=None, drop_video: bool = False, drop_ell: bool = False, drop_text=None,
-                aux: bool = False) -> dict:
+                aux: bool = False, first=None) -> dict:
         """One pass over whole clips with clean and noisy copies of every chunk (see the module docstring).
 
         The clean clip: z (B, T', L, d_v), ell (B, T'-1, A), robot (B, T'-1, per, A_r), state (B, T', D_s)
         (each exactly when the model has that token group). The noisy frames 1..T'-1: noisy_z
         (B, T'-1, L, d_v), noisy_ell (B, T'-1, A), noisy_robot (B, T'-1, per, A_r) at flow times alpha_*
         (B, T'-1) (constant within a chunk in training); noisy_ell may be left out with drop_ell.
-        valid (B, T') bool; drop_text (B,) bool. Returns velocities {"video": (B, T'-1, L, d_v) or None
+        valid (B, T') bool; drop_text (B,) bool; first (B, L, d_v) the episode's first latent frame
+        [first_frame_context]. Returns velocities {"video": (B, T'-1, L, d_v) or None
         when drop_video, "action": (B, T'-1, A) or None when drop_ell [ℓ stream], "robot": (B, T'-1, per, A_r)
         [robot stream], with aux [aux_dim] "aux": (B, n_clean, aux_dim), the read-out of the clean state tokens
         of frames 0 .. n_clean-1}.
@@ -1280,7 +1309,7 @@ class WorldActionModel(Pretrained, nn.Module):
         if c.last_frame_cond and not drop_video:  # noisy frame f of chunk i >= 1: the last frame of chunk i-1
             last = (frame_chunks(T, chunk_size, z.device)[1:] - 1) * chunk_size  # (T'-1,)
             anchor = self.patchify(z[:, last])
-        text = self.text_context(text_emb, text_mask, drop_text, B)
+        text = self.text_context(text_emb, text_mask, drop_text, B, first)
         heads = [g for g in self.stream_names if layout[g][1] is not None]
         aux = aux and c.aux_dim > 0
         out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchor=anchor, aux=aux)
@@ -1307,7 +1336,8 @@ class WorldActionModel(Pretrained, nn.Module):
     def loss(self, batch: dict, *, chunk_size: int | None = None, drop_video: bool | None = None,
              drop_ell: bool | None = None) -> dict:
         """Rectified-flow loss on a batch {"z", "ell" [ℓ stream], "action" [robot stream], "state" [state tokens],
-        optional "valid", "text", "text_mask", "aux" (B, T', aux_dim) [aux_dim: the read-out's target per frame]}
+        optional "valid", "text", "text_mask", "aux" (B, T', aux_dim) [aux_dim: the read-out's target per frame],
+        "first" (B, L, d_v) [first_frame_context: the episode's first latent frame]}
         (the keys of `repwam.wam.data.WAMClips`; others are ignored).
 
         Chunk size, video drop, ℓ drop and text dropout are drawn from torch's global RNG (the drops
@@ -1354,7 +1384,7 @@ class WorldActionModel(Pretrained, nn.Module):
         pred = self(z, ell, batch.get("text"), batch.get("text_mask"), chunk_size=chunk_size, noisy_z=x_z,
                     alpha_z=a_z, noisy_ell=x_ell, alpha_ell=a_ell, robot=robot, noisy_robot=x_r, alpha_robot=a_r,
                     state=state, valid=valid, drop_video=drop_video, drop_ell=drop_ell, drop_text=drop_text,
-                    aux=batch.get("aux") is not None)
+                    aux=batch.get("aux") is not None, first=batch.get("first"))
         w = (valid[:, 1:] & valid[:, :-1]).float()  # (B, T'-1): both ends of the transition are real
         denom = w.sum().clamp(min=1)
 
@@ -1388,19 +1418,20 @@ class WorldActionModel(Pretrained, nn.Module):
 
     @torch.no_grad()
     def new_cache(self, text_emb=None, text_mask=None, *, batch_size: int | None = None,
-                  cfg_scale: float | None = None) -> WAMCache:
-        """An empty history for a batch of episodes. text_emb (B, N_text, D_text) or None (null text).
+                  cfg_scale: float | None = None, first=None) -> WAMCache:
+        """An empty history for a batch of episodes. text_emb (B, N_text, D_text) or None (null text);
+        first (B, L, d_v) the episode's first latent frame [first_frame_context: required].
 
         cfg_scale (default config.cfg_scale) != 1 keeps a second history under the null text.
         """
         if text_emb is not None:
             batch_size = text_emb.shape[0]
-        text = self.text_context(text_emb, text_mask, batch_size=batch_size)
+        text = self.text_context(text_emb, text_mask, batch_size=batch_size, first=first)
         cfg_scale = self.cfg.cfg_scale if cfg_scale is None else float(cfg_scale)
         cache = WAMCache(text=text, text_kv=[blk.cross.text_kv(text.emb) for blk in self.blocks],
                          kv=[None] * len(self.blocks), cfg_scale=cfg_scale)
         if cfg_scale != 1.0:
-            cache.uncond = self.new_cache(None, batch_size=text.emb.shape[0], cfg_scale=1.0)
+            cache.uncond = self.new_cache(None, batch_size=text.emb.shape[0], cfg_scale=1.0, first=first)
         return cache
 
     @torch.no_grad()

@@ -1,0 +1,189 @@
+"""What does behaviour cloning from the same demonstrations reach when it is *told* the simulator state? (A ceiling.)
+
+RepWAM and the plain policy read the goal and the objects from one 64-px camera. This script takes the camera away
+and gives a policy the privileged 39-d Meta-World observation instead (hand, gripper, both objects, their previous
+positions and the goal), then clones the same demonstrations with a plain MLP and runs it in the same closed-loop
+harness (`repwam.eval.closed_loop.evaluate_policy`: the same evaluation layouts, seeds >= 1,000,000, success within
+500 steps). If this scores far above the image policies, what they lack is perception; if it does not, behaviour
+cloning from this many demonstrations is the limit whatever the encoder.
+
+The policy: task one-hot + the normalised 39-d state -> a chunk of `--chunk` normalised actions (MSE; the scripted
+expert is a deterministic function of the state), executed whole before the next call, as the image policies
+execute theirs. Rows: (chunk, seed); each saves its episodes as it goes (rerun to resume or add rows).
+
+    python benchmarks/state_bc_ceiling.py --data outputs/hard60/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 \
+        --chunks 1,4 --seeds 0,1,2 --episodes 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from repwam.data.lerobot import LeRobotDataset
+from repwam.data.sim import ACTION_NAMES, STATE_NAMES
+from repwam.data.tasks import instruction
+from repwam.eval.closed_loop import ENV_STATE_KEY, PolicySpec, evaluate_policy
+
+OUT = Path(__file__).parent / "results" / "state_bc_ceiling"
+CAMERA_KEY = "observation.images.corner3"  # the harness renders a camera either way; this policy never reads it
+
+
+def load_demos(root: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+    ds = LeRobotDataset(root)
+    episodes, tasks = [], []
+    for e in range(ds.num_episodes):
+        d = ds.episode_data(e)
+        task = ds.episode_task(e)
+        if task not in tasks:
+            tasks.append(task)
+        episodes.append({"state": d[ENV_STATE_KEY].astype(np.float32), "action": d["action"].astype(np.float32),
+                         "task": tasks.index(task)})
+    return tasks, episodes
+
+
+def make_samples(episodes: list[dict], chunk: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N, 39) states, (N,) task ids, (N, chunk, 4) the next `chunk` actions (the last one repeated past the end)."""
+    xs, ts, ys = [], [], []
+    for ep in episodes:
+        T = len(ep["action"])
+        idx = np.minimum(np.arange(T)[:, None] + np.arange(chunk)[None], T - 1)  # (T, chunk)
+        xs.append(ep["state"])
+        ts.append(np.full(T, ep["task"]))
+        ys.append(ep["action"][idx])
+    return np.concatenate(xs), np.concatenate(ts), np.concatenate(ys)
+
+
+class StateMLP(nn.Module):
+    def __init__(self, n_tasks: int, chunk: int, width: int = 512, depth: int = 3):
+        super().__init__()
+        dims = [len_state() + n_tasks] + [width] * depth
+        self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        self.head = nn.Linear(width, chunk * len(ACTION_NAMES))
+        self.chunk = chunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 39 + n_tasks) -> (B, chunk, 4)
+        for layer in self.body:
+            x = F.gelu(layer(x))
+        return self.head(x).view(len(x), self.chunk, len(ACTION_NAMES))
+
+
+def len_state() -> int:
+    return 39
+
+
+def train(root: str, chunk: int, seed: int, steps: int, path: Path) -> None:
+    tasks, episodes = load_demos(root)
+    x, t, y = make_samples(episodes, chunk)
+    stats = {"x_mean": x.mean(0), "x_std": x.std(0) + 1e-3, "y_mean": y.reshape(-1, 4).mean(0),
+             "y_std": y.reshape(-1, 4).std(0) + 1e-3}
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    xin = torch.cat([torch.from_numpy((x - stats["x_mean"]) / stats["x_std"]),
+                     F.one_hot(torch.from_numpy(t).long(), len(tasks)).float()], 1)
+    yt = torch.from_numpy((y - stats["y_mean"]) / stats["y_std"])
+    net = StateMLP(len(tasks), chunk)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    for step in range(steps):
+        idx = torch.randint(0, len(xin), (256,), generator=g)
+        loss = F.mse_loss(net(xin[idx]), yt[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 1000 == 0 or step == steps - 1:
+            print(f"  chunk {chunk} seed {seed} step {step}: loss {loss.item():.4f}", flush=True)
+    torch.save({"state_dict": net.state_dict(), "tasks": tasks, "chunk": chunk,
+                "stats": {k: v.tolist() for k, v in stats.items()}, "samples": len(x), "steps": steps}, path)
+
+
+class StateBCPolicy:
+    """The harness's Policy protocol on top of a trained StateMLP: reads only the simulator state and the prompt."""
+
+    def __init__(self, path: str):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        self.tasks = ckpt["tasks"]
+        self.chunk = ckpt["chunk"]
+        self.stats = {k: np.asarray(v, np.float32) for k, v in ckpt["stats"].items()}
+        self.net = StateMLP(len(self.tasks), self.chunk)
+        self.net.load_state_dict(ckpt["state_dict"])
+        self.net.eval()
+        self.metadata = {"camera_keys": [CAMERA_KEY], "image_size": 64, "state_dim": len(STATE_NAMES),
+                         "action_dim": len(ACTION_NAMES), "action_horizon": self.chunk, "instruction_key": "prompt"}
+        self.queue: list[np.ndarray] = []
+        self.task = -1
+
+    def reset(self, text: str) -> None:
+        if text not in self.tasks:
+            raise ValueError(f"instruction {text!r} is not one of the trained tasks' {self.tasks}")
+        self.task, self.queue = self.tasks.index(text), []
+
+    def infer(self, observation: dict[str, Any]) -> dict[str, np.ndarray]:
+        if not self.queue:
+            s = (observation[ENV_STATE_KEY].astype(np.float32) - self.stats["x_mean"]) / self.stats["x_std"]
+            x = torch.cat([torch.from_numpy(s), F.one_hot(torch.tensor(self.task), len(self.tasks)).float()])
+            with torch.no_grad():
+                a = self.net(x[None])[0].numpy() * self.stats["y_std"] + self.stats["y_mean"]
+            self.queue = list(np.clip(a, -1.0, 1.0))
+        plan = np.stack(self.queue).astype(np.float32)  # the rest of the chunk; the caller executes plan[0]
+        self.queue.pop(0)
+        return {"actions": plan}
+
+
+def load_policy(path: str) -> StateBCPolicy:
+    return StateBCPolicy(path)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="a generated dataset (the demonstrations the image policies saw)")
+    ap.add_argument("--chunks", default="1,4")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--steps", type=int, default=6000, help="optimiser steps (batch 256)")
+    ap.add_argument("--episodes", type=int, default=20, help="evaluation layouts per task")
+    ap.add_argument("--eval-seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    task_names = None
+    summary = {}
+    for chunk in [int(c) for c in args.chunks.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            name = f"chunk{chunk}_s{seed}"
+            model = out / f"{name}.pt"
+            if not model.exists():
+                train(args.data, chunk, seed, args.steps, model)
+            if task_names is None:
+                prompts = torch.load(model, weights_only=False)["tasks"]
+                names = {instruction(t): t for t in _known_tasks()}
+                task_names = [names[p] for p in prompts]
+            spec = PolicySpec(f"{Path(__file__).stem}:load_policy", {"path": str(model.resolve())})
+            res = evaluate_policy(spec, tasks=task_names, episodes_per_task=args.episodes, seed=args.eval_seed,
+                                  out_dir=out / name, workers=args.workers, videos_per_task=1)
+            summary[name] = {"mean": res["mean"]["success_rate"],
+                             "per_task": {t: r["success_rate"] for t, r in res["tasks"].items()}}
+            print(name, json.dumps(summary[name]), flush=True)
+    (out / "summary.json").write_text(json.dumps({"data": args.data, "steps": args.steps, "rows": summary}, indent=1))
+
+
+def _known_tasks() -> list[str]:
+    from repwam.data.tasks import resolve_tasks
+
+    return resolve_tasks("mt50")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).parent))  # the harness's workers import this file by name
+    main()

@@ -158,7 +158,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     task_names = None
-    summary = {}
+    summary_path = out / "summary.json"
+    summary = json.loads(summary_path.read_text())["rows"] if summary_path.exists() else {}  # rows of earlier runs
     for chunk in [int(c) for c in args.chunks.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
             name = f"chunk{chunk}_s{seed}"
@@ -175,7 +176,10 @@ def main() -> None:
             summary[name] = {"mean": res["mean"]["success_rate"],
                              "per_task": {t: r["success_rate"] for t, r in res["tasks"].items()}}
             print(name, json.dumps(summary[name]), flush=True)
-    (out / "summary.json").write_text(json.dumps({"data": args.data, "steps": args.steps, "rows": summary}, indent=1))
+            rates = [r["mean"] for r in summary.values()]
+            summary_path.write_text(json.dumps({"data": args.data, "steps": args.steps, "rows": summary,
+                                                "mean_over_rows": float(np.mean(rates)),
+                                                "std_over_rows": float(np.std(rates))}, indent=1))
 
 
 def _known_tasks() -> list[str]:

@@ -957,8 +957,8 @@ class WorldActionModel(Pretrained, nn.Module):
         """The model in eval mode; overrides replace config fields (attn_window, sampling defaults).
 
         allow_new_streams: the overrides may add what the checkpoint lacks (robot_action_dim, state_dim:
-        the robot stream, its state tokens; first_frame_context: the first frame's context projection). Everything the checkpoint has is loaded; the new parameters
-        keep their fresh initialisation and are listed in `model.new_parameters`. When the whole robot
+        the robot stream, its state tokens; first_frame_context: the first frame's context projection).
+        Everything the checkpoint has is loaded; the new parameters keep their fresh initialisation and are listed in `model.new_parameters`. When the whole robot
         stream is new, its zero robot_gate makes the video and ℓ outputs those of the checkpoint until
         training moves the gate (and its zero head outputs zero robot velocities).
         `checkpoint_meta` is the loaded checkpoint's (path, weights hash: the parent of the adapted model).
@@ -1115,6 +1115,7 @@ class WorldActionModel(Pretrained, nn.Module):
         return TextContext(torch.cat([text.emb, x.to(text.emb.dtype)], 1), torch.cat([text.mask, mask], 1))
 
     def _text_only(self, text_emb, text_mask, drop, batch_size) -> TextContext:
+        """The instruction's part of text_context."""
         D = self.cfg.width
         if text_emb is None:
             B = batch_size or 1

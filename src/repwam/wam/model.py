@@ -958,9 +958,10 @@ class WorldActionModel(Pretrained, nn.Module):
 
         allow_new_streams: the overrides may add what the checkpoint lacks (robot_action_dim, state_dim:
         the robot stream, its state tokens; first_frame_context: the first frame's context projection).
-        Everything the checkpoint has is loaded; the new parameters keep their fresh initialisation and are listed in `model.new_parameters`. When the whole robot
-        stream is new, its zero robot_gate makes the video and ℓ outputs those of the checkpoint until
-        training moves the gate (and its zero head outputs zero robot velocities).
+        Everything the checkpoint has is loaded; the new parameters keep their fresh initialisation and
+        are listed in `model.new_parameters`. When the whole robot stream is new, its zero robot_gate makes
+        the video and ℓ outputs those of the checkpoint until training moves the gate (and its zero head
+        outputs zero robot velocities); a new first-frame context changes them from the start.
         `checkpoint_meta` is the loaded checkpoint's (path, weights hash: the parent of the adapted model).
         """
         hint = f"{' and overrides ' + str(overrides) if overrides else ''}"

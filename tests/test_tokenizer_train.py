@@ -111,6 +111,21 @@ def test_exact_resume_matches_uninterrupted_run(tiny_dataset, tmp_path, monkeypa
     other = small(steps=4, num_frames=13, clip_lengths=(5, 13))
     with pytest.raises(RepwamError, match="other settings"):
         train_tokenizer(other, [tiny_dataset], tmp_path / "b", resume=True, progress=False)
+    # a run from before an option existed (its run.json lacks it) resumes while the option is at its default,
+    # and is refused when it is not
+    run = tmp_path / "b" / "run.json"
+    recorded = json.loads(run.read_text())
+    del recorded["gan_weight"], recorded["num_frames"], recorded["optim"]["min_lr_ratio"]  # default, 9 (not 17), default
+    run.write_text(json.dumps(recorded))
+    with pytest.raises(RepwamError, match="other settings.*num_frames"):
+        train_tokenizer(cfg, [tiny_dataset], tmp_path / "b", resume=True, progress=False)
+    run.write_text(json.dumps({**recorded, "num_frames": 9, "gan_weight": 0.5}))
+    with pytest.raises(RepwamError, match="other settings.*gan_weight"):
+        train_tokenizer(cfg, [tiny_dataset], tmp_path / "b", resume=True, progress=False)
+    run.write_text(json.dumps({**recorded, "num_frames": 9}))
+    cfg.optim.steps = 6
+    train_tokenizer(cfg, [tiny_dataset], tmp_path / "b", resume=True, progress=False)
+    assert torch.load(tmp_path / "b" / "training_state.pt", weights_only=False)["step"] == 6
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_dataset, tmp_path, monkeypatch):

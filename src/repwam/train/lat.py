@@ -85,7 +85,7 @@ def train_lat(cfg: LATTrainConfig, data: list[str | Path], out: str | Path, *, r
               progress: bool = True) -> Path:
     run_config = {"command": "train lat", "data": [str(d) for d in data], **asdict(cfg)}
     return run_stage(lambda: LATStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress)
+                     progress=progress, defaults=asdict(type(cfg)()))
 
 
 CONFIG = LATTrainConfig

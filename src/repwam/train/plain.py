@@ -253,7 +253,7 @@ def train_plain(cfg: PlainTrainConfig, data: list[str | Path], out: str | Path, 
                 progress: bool = True) -> Path:
     run_config = {"command": "train plain", "data": [str(d) for d in data], **asdict(cfg)}
     return run_stage(lambda: PlainStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress)
+                     progress=progress, defaults=asdict(type(cfg)()))
 
 
 CONFIG = PlainTrainConfig

@@ -188,7 +188,7 @@ def train_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], out: str 
     """Train and return the path of the last checkpoint."""
     run_config = {"command": "train tokenizer", "data": [str(d) for d in data], **asdict(cfg)}
     return run_stage(lambda: TokenizerStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress)
+                     progress=progress, defaults=asdict(type(cfg)()))
 
 
 CONFIG = TokenizerTrainConfig

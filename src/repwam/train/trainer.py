@@ -371,7 +371,7 @@ class StageLoss(torch.nn.Module):
 
 class Trainer:
     def __init__(self, stage: Stage, optim: OptimConfig, out: str | Path, run_config: dict, *, resume: bool = False,
-                 progress: bool = True):
+                 progress: bool = True, defaults: dict | None = None):
         self.stage, self.o, self.out = stage, optim, Path(out)
         self.rank, self.world = distributed()
         self.main = self.rank == 0
@@ -380,7 +380,7 @@ class Trainer:
         self.fsdp = optim.parallel == "fsdp" and self.world > 1
         self.state_file = self.out / (SHARDED_STATE_DIR if self.fsdp else STATE_FILE)
         if self.main:
-            self._prepare_dir(run_config, resume)
+            self._prepare_dir(run_config, resume, defaults or {})
         barrier()
         self.trained = {"model": stage.model, **stage.extra_modules()}  # main optimiser
         self.aux = stage.aux_modules()  # own optimiser each
@@ -431,7 +431,9 @@ class Trainer:
         self._tb = None
 
     # ------------------------------------------------------------------ setup
-    def _prepare_dir(self, run_config: dict, resume: bool) -> None:
+    def _prepare_dir(self, run_config: dict, resume: bool, defaults: dict) -> None:
+        """defaults: the stage config's defaults; a setting a resumed run did not record (added since it started)
+        counts as its default, so runs from before a new option resume when the option is left at its default."""
         has_state = any((self.out / f).exists() for f in (STATE_FILE, SHARDED_STATE_DIR))
         if has_state and not resume:
             raise RepwamError(f"{self.out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -443,9 +445,11 @@ class Trainer:
         run_file = self.out / "run.json"
         if resume and has_state and run_file.exists():
             previous = json.loads(run_file.read_text())
-            fixed = lambda c: {k: v for k, v in c.items() if k != "optim"}  # noqa: E731
-            old_o, new_o = previous.get("optim", {}), run_config.get("optim", {})
-            changed = {k: (fixed(previous).get(k), v) for k, v in fixed(run_config).items() if fixed(previous).get(k) != v}
+            defaults = json.loads(json.dumps(defaults, default=str))
+            old = {**{k: v for k, v in defaults.items() if k != "optim"}, **previous}
+            old_o = {**defaults.get("optim", {}), **previous.get("optim", {})}
+            new_o = run_config.get("optim", {})
+            changed = {k: (old.get(k), v) for k, v in run_config.items() if k != "optim" and old.get(k) != v}
             # the number of steps may grow on resume; nothing else of the optimisation may change but how it runs
             changed.update({f"optim.{k}": (old_o.get(k), v) for k, v in new_o.items()
                             if k not in RESUME_MAY_CHANGE and old_o.get(k) != v})
@@ -752,8 +756,9 @@ class Trainer:
 
 
 def run_stage(make_stage, optim: OptimConfig, out: str | Path, run_config: dict, *, resume: bool = False,
-              progress: bool = True) -> Path:
-    """Build the stage (rank 0 first, so the caches it writes are made once) and train it; returns the checkpoint."""
+              progress: bool = True, defaults: dict | None = None) -> Path:
+    """Build the stage (rank 0 first, so the caches it writes are made once) and train it; returns the checkpoint.
+    defaults: the stage config's defaults (`asdict(type(cfg)())`), for resuming runs from before a new option."""
     rank, world = distributed()
     init_distributed(resolve_device(optim.device))
     seed_everything(optim.seed)  # the model's initialisation (under torchrun, DDP broadcasts rank 0's)
@@ -762,4 +767,4 @@ def run_stage(make_stage, optim: OptimConfig, out: str | Path, run_config: dict,
     stage = make_stage()
     if rank == 0:
         barrier()
-    return Trainer(stage, optim, out, run_config, resume=resume, progress=progress).fit()
+    return Trainer(stage, optim, out, run_config, resume=resume, progress=progress, defaults=defaults).fit()

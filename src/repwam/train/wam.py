@@ -207,7 +207,7 @@ def train_wam(cfg: WAMTrainConfig, data: list[str | Path], out: str | Path, *, r
               progress: bool = True) -> Path:
     run_config = {"command": "train wam", "data": [str(d) for d in data], **asdict(cfg)}
     return run_stage(lambda: WAMStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress)
+                     progress=progress, defaults=asdict(type(cfg)()))
 
 
 CONFIG = WAMTrainConfig

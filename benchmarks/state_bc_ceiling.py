@@ -9,10 +9,13 @@ cloning from this many demonstrations is the limit whatever the encoder.
 
 The policy: task one-hot + the normalised 39-d state -> a chunk of `--chunk` normalised actions (MSE; the scripted
 expert is a deterministic function of the state), executed whole before the next call, as the image policies
-execute theirs. Rows: (chunk, seed); each saves its episodes as it goes (rerun to resume or add rows).
+execute theirs. Rows: (chunk, seed[, noise]); each saves its episodes as it goes (rerun to resume or add rows).
+
+`--noise-cm`: how precisely must a policy perceive? Each model is also run with a perception error on the object's
+and the goal's positions (a fixed offset per episode, see StateBCPolicy); `noise.png` plots success against it.
 
     python benchmarks/state_bc_ceiling.py --data outputs/hard60/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 \
-        --chunks 1,4 --seeds 0,1,2 --episodes 20
+        --chunks 1,4 --seeds 0,1,2 --episodes 20 --noise-cm 0,1,2,4
 """
 
 from __future__ import annotations
@@ -206,6 +209,35 @@ def main() -> None:
                 summary_path.write_text(json.dumps({"data": args.data, "steps": args.steps, "rows": summary,
                                                     "mean_over_noise_free_rows": float(np.mean(rates)),
                                                     "std_over_noise_free_rows": float(np.std(rates))}, indent=1))
+
+    plot_noise(summary, out / "noise.png")
+
+
+def plot_noise(rows: dict, path: Path) -> None:
+    """Mean success against the perception error, one line per trained model (rows evaluated under noise)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[tuple[float, float]]] = {}
+    for name, r in rows.items():
+        lines.setdefault(name.split("_noise")[0], []).append((r.get("noise_cm") or 0.0, r["mean"]))
+    lines = {k: sorted(v) for k, v in lines.items() if len(v) > 1}
+    if not lines:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for name, pts in lines.items():
+        ax.plot(*zip(*pts), marker="o", label=name)
+    ax.set_xlabel("error of the perceived object and goal positions (cm, RMS, fixed per episode)")
+    ax.set_ylabel("mean success (4 tasks)")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def _known_tasks() -> list[str]:

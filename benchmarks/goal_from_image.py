@@ -19,7 +19,10 @@ The first frame is the one rendered right after reset. Until `MetaWorldEnv.reset
 that frame showed the *previous* layout's goal, and every reader here scored exactly as `mean` did: this script is
 how that was found.
 
+`--target object` reads the position of the object the task moves (push's and pick-place's 2-cm puck) instead.
+
     python benchmarks/goal_from_image.py --task reach-v3 --train 20,60,200,600 --sizes 64,128
+    python benchmarks/goal_from_image.py --task push-v3 --target object --train 20,60 --sizes 64,128
 """
 
 from __future__ import annotations
@@ -42,14 +45,18 @@ OUT = Path(__file__).parent / "results" / "goal_from_image.json"
 RADIUS = 0.05  # m: reach's and push's success radius (pick-place: 0.07)
 
 
-def render_layouts(task: str, camera: str, size: int, seeds: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(N, S, S, 3) uint8 first frames and (N, 3) goals of the layouts."""
+TARGETS = {"goal": slice(36, 39), "object": slice(4, 7)}  # where each sits in the 39-d Meta-World observation
+
+
+def render_layouts(task: str, camera: str, size: int, seeds: list[int],
+                   target: str = "goal") -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S, 3) uint8 first frames and (N, 3) positions of the target (the goal, or the object) of the layouts."""
     frames, goals = [], []
     with MetaWorldEnv(task, camera=camera, image_size=size) as env:
         for s in tqdm(seeds, desc=f"render {task} {camera} {size}px", leave=False):
             obs = env.reset(s)
             frames.append(env.render())
-            goals.append(obs[-3:].copy())
+            goals.append(obs[TARGETS[target]].copy())
     return np.stack(frames), np.asarray(goals, np.float64)
 
 
@@ -114,6 +121,18 @@ def effnet_features(frames: np.ndarray) -> np.ndarray:
     return feats.flatten(1).numpy()
 
 
+def tokenizer_features(frames: np.ndarray, checkpoint: str) -> np.ndarray:
+    """The first latent frame a repwam tokenizer makes of each frame (the WAM's input), flattened: (N, L·d)."""
+    from repwam.data.transforms import frames_to_model
+    from repwam.tokenizer.tokenize import load_tokenizer
+
+    tok = load_tokenizer(checkpoint)
+    x = frames_to_model(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (N, 3, S, S)
+    with torch.no_grad():
+        z = torch.cat([tok.encode(x[i : i + 64, None]) for i in range(0, len(x), 64)])  # (N, 1, L, d)
+    return z.flatten(1).numpy()
+
+
 def fit_ridge(f: np.ndarray, y: np.ndarray, fv: np.ndarray) -> np.ndarray:
     from sklearn.linear_model import RidgeCV
     from sklearn.preprocessing import StandardScaler
@@ -128,11 +147,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", default="reach-v3")
     ap.add_argument("--camera", default="corner3")
+    ap.add_argument("--target", default="goal", choices=sorted(TARGETS),
+                    help="what to read from the first frame: the goal, or the object the task moves")
     ap.add_argument("--train", default="20,60,200,600", help="numbers of training layouts")
     ap.add_argument("--val", type=int, default=200, help="evaluation layouts")
     ap.add_argument("--sizes", default="64,128")
     ap.add_argument("--steps", type=int, default=1500, help="CNN optimiser steps (batch 32)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokenizer", action="append", default=[], metavar="SIZE=CKPT",
+                    help="also ridge on a repwam tokenizer's latents of the first frame, at that image size "
+                         "(repeatable), e.g. 64=outputs/hard60/runs/tok_default/checkpoints/last")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -141,15 +165,16 @@ def main() -> None:
     val_seeds = [layout_seed(0, args.task, k, eval=True) for k in range(args.val)]
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
-    key = f"{args.task}@{args.camera}"
+    key = f"{args.task}@{args.camera}" + ("" if args.target == "goal" else f"/{args.target}")
     results.setdefault("_settings", {}).update({"val_layouts": args.val, "cnn_steps": args.steps, "seed": args.seed,
                                                 "train_layouts": "demonstration seeds (layout_seed(0, task, k))",
                                                 "val_layouts_from": "evaluation seeds (>= 1,000,000)"})
     rows = results.setdefault(key, {})
     for size in [int(s) for s in args.sizes.split(",")]:
-        x, y = render_layouts(args.task, args.camera, size, train_seeds)
-        xv, yv = render_layouts(args.task, args.camera, size, val_seeds)
+        x, y = render_layouts(args.task, args.camera, size, train_seeds, args.target)
+        xv, yv = render_layouts(args.task, args.camera, size, val_seeds, args.target)
         fx = fv = None
+        tok_feats: dict[str, tuple | None] = {}
         for n in ns:
             row = rows.setdefault(f"{size}px/n{n}", {})
             row["mean"] = scores(np.repeat(y[:n].mean(0, keepdims=True), len(yv), 0), yv)
@@ -161,6 +186,14 @@ def main() -> None:
                 if fx is None:
                     fx, fv = effnet_features(x), effnet_features(xv)
                 row["effnet"] = scores(fit_ridge(fx[:n], y[:n], fv), yv)
+            for spec in args.tokenizer:
+                tok_size, ckpt = spec.split("=", 1)
+                name = f"tokenizer:{ckpt}"
+                if int(tok_size) == size and name not in row:
+                    if tok_feats.get(ckpt) is None:
+                        tok_feats[ckpt] = (tokenizer_features(x, ckpt), tokenizer_features(xv, ckpt))
+                    fx_t, fv_t = tok_feats[ckpt]
+                    row[name] = scores(fit_ridge(fx_t[:n], y[:n], fv_t), yv)
             print(f"{key} {size}px n={n}: " + "  ".join(f"{k} {v['err_cm']} cm / {v['within_5cm']:.0%}"
                                                           for k, v in row.items()), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -229,7 +229,7 @@ def plot_noise(rows: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for name, pts in lines.items():
         ax.plot(*zip(*pts), marker="o", label=name)
-    ax.set_xlabel("error of the perceived object and goal positions (cm, RMS, fixed per episode)")
+    ax.set_xlabel("object and goal position error (cm RMS, per episode)")
     ax.set_ylabel("mean success (4 tasks)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

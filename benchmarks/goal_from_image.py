@@ -121,16 +121,19 @@ def effnet_features(frames: np.ndarray) -> np.ndarray:
     return feats.flatten(1).numpy()
 
 
-def tokenizer_features(frames: np.ndarray, checkpoint: str) -> np.ndarray:
-    """The first latent frame a repwam tokenizer makes of each frame (the WAM's input), flattened: (N, L·d)."""
+def tokenizer_features(checkpoint: str, *frame_sets: np.ndarray) -> list[np.ndarray]:
+    """The first latent frame a repwam tokenizer makes of each frame (the WAM's input), flattened: (N, L·d) per set."""
     from repwam.data.transforms import frames_to_model
     from repwam.tokenizer.tokenize import load_tokenizer
 
     tok = load_tokenizer(checkpoint)
-    x = frames_to_model(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (N, 3, S, S)
-    with torch.no_grad():
-        z = torch.cat([tok.encode(x[i : i + 64, None]) for i in range(0, len(x), 64)])  # (N, 1, L, d)
-    return z.flatten(1).numpy()
+    feats = []
+    for frames in frame_sets:
+        x = frames_to_model(torch.from_numpy(frames).permute(0, 3, 1, 2))  # (N, 3, S, S)
+        with torch.no_grad():
+            z = torch.cat([tok.encode(x[i : i + 64, None]) for i in range(0, len(x), 64)])  # (N, 1, L, d)
+        feats.append(z.flatten(1).numpy())
+    return feats
 
 
 def fit_ridge(f: np.ndarray, y: np.ndarray, fv: np.ndarray) -> np.ndarray:
@@ -174,7 +177,7 @@ def main() -> None:
         x, y = render_layouts(args.task, args.camera, size, train_seeds, args.target)
         xv, yv = render_layouts(args.task, args.camera, size, val_seeds, args.target)
         fx = fv = None
-        tok_feats: dict[str, tuple | None] = {}
+        tok_feats: dict[str, list[np.ndarray]] = {}
         for n in ns:
             row = rows.setdefault(f"{size}px/n{n}", {})
             row["mean"] = scores(np.repeat(y[:n].mean(0, keepdims=True), len(yv), 0), yv)
@@ -190,8 +193,8 @@ def main() -> None:
                 tok_size, ckpt = spec.split("=", 1)
                 name = f"tokenizer:{ckpt}"
                 if int(tok_size) == size and name not in row:
-                    if tok_feats.get(ckpt) is None:
-                        tok_feats[ckpt] = (tokenizer_features(x, ckpt), tokenizer_features(xv, ckpt))
+                    if ckpt not in tok_feats:
+                        tok_feats[ckpt] = tokenizer_features(ckpt, x, xv)
                     fx_t, fv_t = tok_feats[ckpt]
                     row[name] = scores(fit_ridge(fx_t[:n], y[:n], fv_t), yv)
             print(f"{key} {size}px n={n}: " + "  ".join(f"{k} {v['err_cm']} cm / {v['within_5cm']:.0%}"

@@ -36,9 +36,11 @@ from repwam.data.lerobot import LeRobotDataset
 from repwam.data.sim import ACTION_NAMES, STATE_NAMES
 from repwam.data.tasks import instruction
 from repwam.eval.closed_loop import ENV_STATE_KEY, PolicySpec, evaluate_policy
+from repwam.policy.base import INSTRUCTION_KEY
 
 OUT = Path(__file__).parent / "results" / "state_bc_ceiling"
 CAMERA_KEY = "observation.images.corner3"  # the harness renders a camera either way; this policy never reads it
+OBS_NAMES = range(39)  # the goal-observable Meta-World observation the policy reads
 
 
 def load_demos(root: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
@@ -69,7 +71,7 @@ def make_samples(episodes: list[dict], chunk: int) -> tuple[np.ndarray, np.ndarr
 class StateMLP(nn.Module):
     def __init__(self, n_tasks: int, chunk: int, width: int = 512, depth: int = 3):
         super().__init__()
-        dims = [len_state() + n_tasks] + [width] * depth
+        dims = [len(OBS_NAMES) + n_tasks] + [width] * depth
         self.body = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
         self.head = nn.Linear(width, chunk * len(ACTION_NAMES))
         self.chunk = chunk
@@ -80,15 +82,11 @@ class StateMLP(nn.Module):
         return self.head(x).view(len(x), self.chunk, len(ACTION_NAMES))
 
 
-def len_state() -> int:
-    return 39
-
-
 def train(root: str, chunk: int, seed: int, steps: int, path: Path) -> None:
     tasks, episodes = load_demos(root)
     x, t, y = make_samples(episodes, chunk)
-    stats = {"x_mean": x.mean(0), "x_std": x.std(0) + 1e-3, "y_mean": y.reshape(-1, 4).mean(0),
-             "y_std": y.reshape(-1, 4).std(0) + 1e-3}
+    flat = y.reshape(-1, len(ACTION_NAMES))
+    stats = {"x_mean": x.mean(0), "x_std": x.std(0) + 1e-3, "y_mean": flat.mean(0), "y_std": flat.std(0) + 1e-3}
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     xin = torch.cat([torch.from_numpy((x - stats["x_mean"]) / stats["x_std"]),
@@ -133,7 +131,8 @@ class StateBCPolicy:
         self.net.load_state_dict(ckpt["state_dict"])
         self.net.eval()
         self.metadata = {"camera_keys": [CAMERA_KEY], "image_size": 64, "state_dim": len(STATE_NAMES),
-                         "action_dim": len(ACTION_NAMES), "action_horizon": self.chunk, "instruction_key": "prompt"}
+                         "action_dim": len(ACTION_NAMES), "action_horizon": self.chunk,
+                         "instruction_key": INSTRUCTION_KEY}
         self.queue: list[np.ndarray] = []
         self.task = -1
         self.noise_cm, self.offset = float(noise_cm), None

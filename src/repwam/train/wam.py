@@ -157,8 +157,8 @@ class WAMStage(Stage):
         self.device = device
 
     def collate_fn(self, items):
-        keys = ("z", "first", "ell", "valid") + (("action", "state") if self.cfg.robot else ()) + \
-            (("aux",) if self.cfg.aux_key else ())
+        keys = ("z", "ell", "valid") + (("first",) if self.model.cfg.first_frame_context else ()) + \
+            (("action", "state") if self.cfg.robot else ()) + (("aux",) if self.cfg.aux_key else ())
         batch = {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in keys}
         idx = torch.tensor([it["text"] for it in items])
         batch["text"], batch["text_mask"] = self.text(idx)

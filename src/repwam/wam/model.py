@@ -987,7 +987,8 @@ class WorldActionModel(Pretrained, nn.Module):
         if unexpected or old:
             raise RepwamError(
                 f"{path}: the overrides {overrides} drop or change parts of the checkpoint (unexpected "
-                f"{unexpected[:5]}, missing {old[:5]}); allow_new_streams only adds the robot stream and its state"
+                f"{unexpected[:5]}, missing {old[:5]}); allow_new_streams only adds the robot stream, its state "
+                "and the first-frame context"
             )
         model.checkpoint_meta = base.checkpoint_meta  # the parent's: path and weights hash for the lineage
         model.new_parameters = sorted(missing)

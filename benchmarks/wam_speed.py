@@ -9,7 +9,8 @@ SXM, the default on CUDA; none on the CPU, where only achieved TFLOP/s are print
 max_memory_allocated, or the process's max RSS on the CPU.
 
     python benchmarks/wam_speed.py [--preset tiny] [--threads 1] [--device cuda] [--compile] [--batch 16]
-                                   [--attn-backend sdpa|flex|auto] [--no-train] [--sample-reps 30]
+                                   [--attn-backend sdpa|flex|auto] [--no-train] [--no-sample] [--bf16-only]
+                                   [--sample-reps 30]
 
 --no-train times sampling only. Sampling rows are medians over --sample-reps chunks (after a warm-up one).
 """
@@ -50,6 +51,9 @@ def main():
     ap.add_argument("--attn-backend", default="sdpa", choices=("sdpa", "flex", "auto"),
                     help="WAMConfig.attn_backend (flex needs CUDA for training)")
     ap.add_argument("--no-train", action="store_true", help="sampling rows only")
+    ap.add_argument("--sample-bf16", action="store_true", help="sample under bf16 autocast")
+    ap.add_argument("--no-sample", action="store_true", help="training rows only")
+    ap.add_argument("--bf16-only", action="store_true", help="skip the fp32 training row (compiling it twice is slow)")
     ap.add_argument("--sample-reps", type=int, default=None, help="chunks per sampling row (default: --reps)")
     ap.add_argument("--out", default=None, help="default: benchmarks/results/wam_speed.json (wam_sampling.json with "
                     "--no-train, so a sampling-only run keeps the training rows)")
@@ -80,7 +84,7 @@ def main():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    for bf16 in () if args.no_train else (False, True):
+    for bf16 in () if args.no_train else (True,) if args.bf16_only else (False, True):
         def step():
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = model.loss(batch, chunk_size=2, drop_video=False, drop_ell=False)["loss"]
@@ -116,13 +120,15 @@ def main():
         return cache
 
     def sample(cache, **kw):
-        out = model.sample_chunk(cache, 1, **kw)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.sample_bf16):
+            out = model.sample_chunk(cache, 1, **kw)
         sync()
         return out
 
     cache = fresh_cache()
-    for mode, kw in (("video + actions (5 + 10 steps)", {}), ("actions only (10 steps)", {"actions_only": True}),
-                     ("robot actions only (10 steps)", {"robot_only": True})):
+    modes = (("video + actions (5 + 10 steps)", {}), ("actions only (10 steps)", {"actions_only": True}),
+             ("robot actions only (10 steps)", {"robot_only": True}))
+    for mode, kw in () if args.no_sample else modes:
         sec = median_time(lambda: sample(cache, **kw), args.sample_reps or args.reps)
         rows.append({"what": "sample chunk (k=1) with KV cache", "mode": mode, "ms": round(1000 * sec, 2)})
         print(json.dumps(rows[-1]), flush=True)

@@ -7,7 +7,7 @@ data split, and the mean/std of ℓ over its training transitions (the WAM norma
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -83,9 +83,8 @@ class LATStage(Stage):
 
 def train_lat(cfg: LATTrainConfig, data: list[str | Path], out: str | Path, *, resume: bool = False,
               progress: bool = True) -> Path:
-    run_config = {"command": "train lat", "data": [str(d) for d in data], **asdict(cfg)}
-    return run_stage(lambda: LATStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress, defaults=asdict(type(cfg)()))
+    return run_stage(lambda: LATStage(cfg, data, progress=progress), cfg, "train lat", data, out, resume=resume,
+                     progress=progress)
 
 
 CONFIG = LATTrainConfig

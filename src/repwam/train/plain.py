@@ -30,7 +30,7 @@ camera, the text encoder by name (never its weights), the instructions seen, the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -251,9 +251,8 @@ class PlainStage(Stage):
 
 def train_plain(cfg: PlainTrainConfig, data: list[str | Path], out: str | Path, *, resume: bool = False,
                 progress: bool = True) -> Path:
-    run_config = {"command": "train plain", "data": [str(d) for d in data], **asdict(cfg)}
-    return run_stage(lambda: PlainStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress, defaults=asdict(type(cfg)()))
+    return run_stage(lambda: PlainStage(cfg, data, progress=progress), cfg, "train plain", data, out, resume=resume,
+                     progress=progress)
 
 
 CONFIG = PlainTrainConfig

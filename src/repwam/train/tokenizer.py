@@ -10,7 +10,7 @@ longest and, with an attention window shorter than that, the sliding-window regi
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -186,9 +186,8 @@ class TokenizerStage(Stage):
 def train_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], out: str | Path, *, resume: bool = False,
                     progress: bool = True) -> Path:
     """Train and return the path of the last checkpoint."""
-    run_config = {"command": "train tokenizer", "data": [str(d) for d in data], **asdict(cfg)}
-    return run_stage(lambda: TokenizerStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress, defaults=asdict(type(cfg)()))
+    return run_stage(lambda: TokenizerStage(cfg, data, progress=progress), cfg, "train tokenizer", data, out, resume=resume,
+                     progress=progress)
 
 
 CONFIG = TokenizerTrainConfig

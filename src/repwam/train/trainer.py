@@ -63,7 +63,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -755,10 +755,14 @@ class Trainer:
         return last
 
 
-def run_stage(make_stage, optim: OptimConfig, out: str | Path, run_config: dict, *, resume: bool = False,
-              progress: bool = True, defaults: dict | None = None) -> Path:
+def run_stage(make_stage, cfg, command: str, data: list, out: str | Path, *, resume: bool = False,
+              progress: bool = True) -> Path:
     """Build the stage (rank 0 first, so the caches it writes are made once) and train it; returns the checkpoint.
-    defaults: the stage config's defaults (`asdict(type(cfg)())`), for resuming runs from before a new option."""
+    cfg: the stage's config dataclass (its `optim` drives the trainer); run.json records it with the command and the
+    data, and its class defaults stand in for settings a resumed run from before a new option did not record."""
+    optim = cfg.optim
+    run_config = {"command": command, "data": [str(d) for d in data], **asdict(cfg)}
+    defaults = asdict(type(cfg)())
     rank, world = distributed()
     init_distributed(resolve_device(optim.device))
     seed_everything(optim.seed)  # the model's initialisation (under torchrun, DDP broadcasts rank 0's)

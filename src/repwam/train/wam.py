@@ -12,7 +12,7 @@ and states when it has them).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -205,9 +205,8 @@ class WAMStage(Stage):
 
 def train_wam(cfg: WAMTrainConfig, data: list[str | Path], out: str | Path, *, resume: bool = False,
               progress: bool = True) -> Path:
-    run_config = {"command": "train wam", "data": [str(d) for d in data], **asdict(cfg)}
-    return run_stage(lambda: WAMStage(cfg, data, progress=progress), cfg.optim, out, run_config, resume=resume,
-                     progress=progress, defaults=asdict(type(cfg)()))
+    return run_stage(lambda: WAMStage(cfg, data, progress=progress), cfg, "train wam", data, out, resume=resume,
+                     progress=progress)
 
 
 CONFIG = WAMTrainConfig

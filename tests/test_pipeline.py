@@ -141,6 +141,21 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert {"eval-wam_repwam_s0", "eval-plain_plain_s0", "eval-tokenizer", "eval-lat", "eval-wam"} <= set(d.jobs)
 
 
+def test_tok_args_reach_every_tokenizer_and_another_value_under_the_same_out_is_refused(tmp_path):
+    cfg = PipelineConfig(tasks="reach-v3", tok_args="--align-weight 4 --teacher-layer stage4")
+    jobs = ablation(tmp_path, cfg, ["repwam", "recon"], [0]).jobs
+    for name in ("train-tok_default", "train-tok_none"):
+        args = jobs[name].args
+        assert args[args.index("--align-weight") + 1] == "4" and args[args.index("--teacher-layer") + 1] == "stage4"
+    assert "--align-weight" not in jobs["train-lat_default"].args
+    ablation(tmp_path, cfg, ["repwam"], [0])  # the same value: resumes
+    with pytest.raises(RepwamError, match=r"tok_args='--align-weight 4 --teacher-layer stage4'; this asks for "
+                                          r"tok_args='': use another --out"):
+        ablation(tmp_path, PipelineConfig(tasks="reach-v3"), ["repwam"], [0])
+    assert "--align-weight" not in ablation(tmp_path / "plain", PipelineConfig(tasks="reach-v3"), ["repwam"],
+                                            [0]).jobs["train-tok_default"].args
+
+
 def test_pretraining_videos_feed_the_tokenizer_lat_and_pretraining_and_demonstrations_the_rest(tmp_path):
     cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, video_episodes_per_task=50)
     p = ablation(tmp_path, cfg, ["repwam", "joint", "plain"], [0])

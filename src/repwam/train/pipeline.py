@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -92,6 +93,10 @@ class PipelineConfig:
     eval_workers: int = 2  # at most this many environment processes per closed-loop evaluation (the free cores)
     # periodic snapshots each training run keeps, to evaluate a long run's earlier steps (None: each stage's default)
     keep_snapshots: int | None = None
+    # more `repwam train tokenizer` options for every tokenizer the chain trains, e.g. "--align-weight 4"; they come
+    # after the row's recipe and override it (an --align-weight would undo the recon row's 0). A run under --out
+    # records them (pipeline.json) and another value there is refused (its tokenizers are trained)
+    tok_args: str = ""
     # wall-time target (minutes) for one row's chain data -> ... -> evaluation: every training stage gets a share of
     # it (BUDGET_SHARES, after FIXED_MINUTES for the rest) as optim.minutes, its steps raised to STEPS_CAP_FACTOR x
     # the settings above as the cap, so the stages train for as long as the budget allows (None: the step counts)
@@ -199,7 +204,8 @@ class Pipeline:
 
     def tokenizer(self, recipe: str) -> str:
         return self.train("tokenizer", f"tok_{recipe}", self.cfg.tok_steps,
-                          ["--recipe", recipe, "--preset", self.cfg.preset], [self.dataset(video=True)],
+                          ["--recipe", recipe, "--preset", self.cfg.preset, *shlex.split(self.cfg.tok_args)],
+                          [self.dataset(video=True)],
                           data=self.video)
 
     def lat(self, tok_recipe: str) -> str:
@@ -411,6 +417,10 @@ def check_rows(rows: list[str]) -> None:
 def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[int]) -> Pipeline:
     check_rows(rows)
     p = Pipeline(out, cfg)
+    f = p.out / "pipeline.json"
+    if f.exists() and (was := json.loads(f.read_text())["config"].get("tok_args", "")) != cfg.tok_args:
+        raise RepwamError(f"{p.out} holds tokenizers trained with tok_args={was!r}; this asks for "
+                          f"tok_args={cfg.tok_args!r}: use another --out")
     for row in rows:
         for seed in seeds:
             p.row(row, seed)

@@ -12,6 +12,10 @@ Readers, each trained on the same N layouts:
   plain policy trains with (1/16 of the image);
 - `effnet`: ridge (alpha by 5-fold CV) on frozen ImageNet EfficientNet-Lite0 stage5 features at 128 px input,
   the tokenizer's alignment teacher, whose 8 x 8 map is the latent grid: a pretrained representation's share.
+- `effnet_pcaK` (`--teacher-pca K`): the same ridge on the teacher's tokens cut to their top K principal
+  components (after the per-token layer norm the alignment loss applies; PCA fitted on the training layouts'
+  tokens): what a K-dimensional latent aligned linearly to the teacher (the tokenizer's `W_align`) could carry at
+  best, since the mean-squared alignment is best served by the top components.
 Scores: mean 3-D error (cm) and the share of evaluation layouts read within 5 cm (reach's and push's success
 radius). Prints a table and saves JSON (after every row: rerun to add sizes or layouts; finished rows are kept).
 
@@ -23,6 +27,7 @@ how that was found.
 
     python benchmarks/goal_from_image.py --task reach-v3 --train 20,60,200,600 --sizes 64,128
     python benchmarks/goal_from_image.py --task push-v3 --target object --train 20,60 --sizes 64,128
+    python benchmarks/goal_from_image.py --task push-v3 --target object --train 20,60 --sizes 64 --teacher-pca 8,16,32,64
 """
 
 from __future__ import annotations
@@ -121,6 +126,18 @@ def effnet_features(frames: np.ndarray) -> np.ndarray:
     return feats.flatten(1).numpy()
 
 
+def teacher_pca(fx: np.ndarray, fv: np.ndarray, k: int, fit_n: int) -> tuple[np.ndarray, np.ndarray]:
+    """effnet_features cut per token to the top k principal components of the layer-normed tokens of fx[:fit_n]."""
+    from sklearn.decomposition import PCA
+
+    def tokens(f):  # (N, C·64) channel-major -> (N·64, C), layer-normed over channels as the alignment target is
+        t = f.reshape(len(f), -1, 64).transpose(0, 2, 1).reshape(-1, f.shape[1] // 64)
+        return (t - t.mean(1, keepdims=True)) / np.sqrt(t.var(1, keepdims=True) + 1e-5)
+
+    pca = PCA(k, random_state=0).fit(tokens(fx[:fit_n]))
+    return tuple(pca.transform(tokens(f)).reshape(len(f), -1) for f in (fx, fv))
+
+
 def tokenizer_features(checkpoint: str, *frame_sets: np.ndarray) -> list[np.ndarray]:
     """The first latent frame a repwam tokenizer makes of each frame (the WAM's input), flattened: (N, L·d) per set."""
     from repwam.data.transforms import frames_to_model
@@ -160,6 +177,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", action="append", default=[], metavar="SIZE=CKPT",
                     help="also ridge on a repwam tokenizer's latents of the first frame, at that image size "
                          "(repeatable), e.g. 64=outputs/hard60/runs/tok_default/checkpoints/last")
+    ap.add_argument("--teacher-pca", default="", help="comma-separated K: ridge on the teacher's top-K principal "
+                    "components per token as well (64 px rows)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -189,6 +208,12 @@ def main() -> None:
                 if fx is None:
                     fx, fv = effnet_features(x), effnet_features(xv)
                 row["effnet"] = scores(fit_ridge(fx[:n], y[:n], fv), yv)
+            for k in [int(k) for k in args.teacher_pca.split(",") if k] if size == 64 else []:
+                if f"effnet_pca{k}" not in row:
+                    if fx is None:
+                        fx, fv = effnet_features(x), effnet_features(xv)
+                    px, pv = teacher_pca(fx, fv, k, fit_n=n)
+                    row[f"effnet_pca{k}"] = scores(fit_ridge(px[:n], y[:n], pv), yv)
             for spec in args.tokenizer:
                 tok_size, ckpt = spec.split("=", 1)
                 name = f"tokenizer:{ckpt}"

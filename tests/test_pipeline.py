@@ -126,6 +126,12 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert ff["train-wam_first_frame_s0"].needs == ["train-wampre_repwam_s0", "data"]
     assert "--first-frame-context" in ff["train-wam_first_frame_s0"].args
     assert "--first-frame-context" not in ff["train-wam_repwam_s0"].args
+    # repwam_goal: adapts repwam's own pretraining with the simulator state as the state token
+    rg = ablation(tmp_path / "rg", cfg, ["repwam", "repwam_goal"], [0]).jobs
+    assert rg["train-wam_repwam_goal_s0"].needs == ["train-wampre_repwam_s0", "data"]
+    args = rg["train-wam_repwam_goal_s0"].args
+    assert args[args.index("--state-key") + 1] == "observation.environment_state"
+    assert "--state-key" not in rg["train-wam_repwam_s0"].args
     # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
     pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
     args = pg["train-plain_plain_goal_s0"].args

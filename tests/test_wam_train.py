@@ -286,3 +286,46 @@ def test_adapt_and_policy_with_the_first_frame_as_context(wam_ckpt, tiny_dataset
     with torch.no_grad():
         ctx = model.first_proj(model.patchify(z0[None, None])) + model.first_pos
     torch.testing.assert_close(policy._episode["cache"].text.emb[0, -len(model.first_pos):], ctx[0])
+
+
+def test_adapt_and_policy_told_the_simulator_state(wam_ckpt, tiny_dataset, tmp_path):
+    """state_key=observation.environment_state (the repwam_goal reference): the state token reads the whole
+    simulator observation in training (clips, stats floored) and in the policy, which then asks for that key and not
+    the robot's state, and refuses a vector of the wrong size."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+    from repwam.serve import ENV_STATE_KEY, ProtocolError
+    from repwam.train.wam import WAMStage
+
+    with pytest.raises(RepwamError, match="state_key must be"):
+        WAMTrainConfig(stage="adapt", state_key="observation.goal")
+    with pytest.raises(RepwamError, match="state_key feeds the state token"):
+        WAMTrainConfig(state_key=ENV_STATE_KEY)  # pretraining has no state token
+    with pytest.raises(RepwamError, match="pick one"):
+        WAMTrainConfig(stage="adapt", state_key=ENV_STATE_KEY, aux_key=ENV_STATE_KEY)
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         state_key=ENV_STATE_KEY, optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3,
+                                                                    warmup=1, save_every=2, val_items=8))
+    stage = WAMStage(cfg, [tiny_dataset], progress=False)
+    d, e, s = stage.train_set.index[3]
+    ds = LeRobotDataset(tiny_dataset)
+    env = np.asarray(ds.episode_data(e)[ENV_STATE_KEY], np.float32)
+    rows = np.minimum(4 * np.arange(s, s + 4), len(env) - 1)  # each latent frame's last raw frame
+    torch.testing.assert_close(torch.as_tensor(stage.train_set[3]["state"]),
+                               torch.as_tensor(stage.train_set.state_norm(env[rows])))
+    assert min(stage.train_set.state_norm.std) >= 1e-2
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = WorldActionModel.from_pretrained(ckpt)
+    assert model.cfg.state_dim == 39 and model.checkpoint_meta["state_key"] == ENV_STATE_KEY
+
+    policy = load_policy(ckpt, chunk=1)
+    assert policy.metadata["privileged"] and policy.metadata["state_dim"] == 0
+    policy.reset(ds.episode_task(0))
+    env0 = np.asarray(ds.episode_data(0)[ENV_STATE_KEY], np.float32)
+    obs = _episode_obs(ds, 0, 0)
+    with pytest.raises(ProtocolError, match="observation.environment_state"):
+        policy.infer(obs)  # the robot's state alone
+    with pytest.raises(RepwamError, match=r"trained on \(39,\)"):
+        policy.infer({**obs, ENV_STATE_KEY: env0[0, :10]})
+    for t in range(5):
+        assert np.isfinite(policy.infer({**_episode_obs(ds, 0, t), ENV_STATE_KEY: env0[t]})["actions"]).all()

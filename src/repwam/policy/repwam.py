@@ -31,7 +31,7 @@ from repwam.data.transforms import Normalizer, frames_from_model, image_to_model
 from repwam.errors import RepwamError
 from repwam.lat.model import LatentActionTokenizer
 from repwam.policy.base import INSTRUCTION_KEY
-from repwam.serve import validate_observation
+from repwam.serve import ENV_STATE_KEY, STATE_KEY, validate_observation
 from repwam.tokenizer.tokenize import load_parent_tokenizer
 from repwam.wam.model import WorldActionModel
 from repwam.wam.text import TextEncoder
@@ -56,6 +56,10 @@ class RepWAMPolicy:
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if model.cfg.state_dim else None
+        # which observation the state token reads: the robot's state, or (a privileged reference) the whole simulator
+        # observation, which the robot's protocol then does not ask for
+        self.state_key = meta.get("state_key") or STATE_KEY
+        privileged = self.state_key == ENV_STATE_KEY
         self.ell_norm = Normalizer.from_dict(meta["ell_stats"])
         # the views of the latents, in their token order (view-major); each is encoded with the same tokenizer
         self.cameras = list(meta.get("cameras") or [meta["camera"]])
@@ -65,10 +69,11 @@ class RepWAMPolicy:
             "camera_keys": list(self.cameras),
             "image_size": tokenizer.image_size,
             "max_image_size": 1024,
-            "state_dim": model.cfg.state_dim,
+            "state_dim": 0 if privileged else model.cfg.state_dim,
             "action_dim": model.cfg.robot_action_dim,
             "action_horizon": self.k * self.per,
             "instruction_key": INSTRUCTION_KEY,
+            "privileged": privileged,
         }
         self.seed = seed
         self._episode = None
@@ -121,7 +126,11 @@ class RepWAMPolicy:
         image = torch.stack([image_to_model(obs[cam], size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
         if self.state_norm is not None:
-            state = self.state_norm(np.asarray(obs["observation.state"], np.float32))
+            state = np.asarray(obs[self.state_key], np.float32)
+            if state.shape != (self.model.cfg.state_dim,):
+                raise RepwamError(f"{self.state_key!r} has shape {state.shape}; this policy was trained on "
+                                  f"({self.model.cfg.state_dim},)")
+            state = self.state_norm(state)
         return image, state
 
     @torch.no_grad()

@@ -29,6 +29,10 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     first_frame  repwam whose adaptation also cross-attends to the episode's first latent frame
                  (`--first-frame-context`: the layout as first seen, which the attention window forgets);
                  shares repwam's pretraining
+    repwam_goal  a privileged reference, as plain_goal: repwam whose state token is the whole simulator observation
+                 (`--state-key observation.environment_state`), so the objects' and the goal's positions need no
+                 perception; shares repwam's pretraining. With plain_goal it separates "cannot see" from "cannot act"
+                 for the world action model's action expert
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -55,7 +59,7 @@ from repwam.errors import RepwamError
 from repwam.serve import ENV_STATE_KEY
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
-        "repwam_aux", "first_frame")
+        "repwam_aux", "first_frame", "repwam_goal")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est")  # by `repwam train plain`; runs plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
@@ -241,11 +245,13 @@ class Pipeline:
         no_state = ["--no-use-state"] if row == "no_state" else []
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         first = ["--first-frame-context"] if row == "first_frame" else []
-        shares = row in ("no_state", "repwam_aux", "first_frame")
+        goal = ["--state-key", ENV_STATE_KEY] if row == "repwam_goal" else []
+        shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed, data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
-                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first],
+                           ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first,
+                            *goal],
                            [pre, self.dataset()], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 

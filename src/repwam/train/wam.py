@@ -24,7 +24,7 @@ from repwam.lat.data import label_dataset
 from repwam.lat.model import LatentActionTokenizer
 from repwam.tokenizer.tokenize import load_tokenizer, tokenize_dataset, tokenizer_ref
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
-from repwam.serve import ENV_STATE_KEY
+from repwam.serve import ENV_STATE_KEY, STATE_KEY
 from repwam.wam.data import TextTable, WAMClips
 from repwam.wam.model import WAMConfig, WorldActionModel
 from repwam.wam.text import TextEncoder
@@ -41,6 +41,9 @@ class WAMTrainConfig:
     preset: str = "tiny"
     use_latent_actions: bool = True  # False: no ℓ stream at all (the "no latent actions" variant)
     use_state: bool = True  # adapt / joint: the proprioceptive state enters as a token per latent frame (as π0)
+    # what the state token reads: the robot's state, or ENV_STATE_KEY (the whole simulator observation: object and
+    # goal poses) for a privileged reference that needs no perception of the objects (as the plain policy's state_key)
+    state_key: str = STATE_KEY
     # adapt / joint: the state tokens also regress this privileged key of their frame, a training target only
     # (WAMConfig.aux_dim; ENV_STATE_KEY: the simulator's object and goal poses); None: off
     aux_key: str | None = None
@@ -65,6 +68,12 @@ class WAMTrainConfig:
             raise RepwamError(f"aux_key must be {ENV_STATE_KEY!r} or unset, got {self.aux_key!r}")
         if self.aux_key is not None and not (self.robot and self.use_state):
             raise RepwamError("aux_key is read out of the state tokens: it needs --stage adapt or joint with use_state")
+        if self.state_key not in (STATE_KEY, ENV_STATE_KEY):
+            raise RepwamError(f"state_key must be {STATE_KEY!r} or {ENV_STATE_KEY!r}, got {self.state_key!r}")
+        if self.state_key != STATE_KEY and not (self.robot and self.use_state):
+            raise RepwamError("state_key feeds the state token: it needs --stage adapt or joint with use_state")
+        if self.aux_key is not None and self.state_key == ENV_STATE_KEY:
+            raise RepwamError("aux_key reads the simulator state the model already gets as state_key: pick one")
         if self.aux_weight < 0:
             raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
     @property
@@ -106,7 +115,7 @@ class WAMStage(Stage):
         self.cfg, self.data = cfg, [str(d) for d in data]
         self.tok, self.lat = prepare_caches(cfg.tokenizer, cfg.lat, data, progress)
         common = dict(clip_frames=cfg.clip_frames, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                      robot=cfg.robot, aux=cfg.aux_key is not None)
+                      robot=cfg.robot, aux=cfg.aux_key is not None, state_key=cfg.state_key)
         self.train_set = WAMClips(data, self.tok["weights_hash"], self.lat["weights_hash"], split="train", **common)
         norms = dict(ell_norm=self.train_set.ell_norm)
         if cfg.robot:
@@ -186,7 +195,8 @@ class WAMStage(Stage):
         if self.cfg.robot:
             robot = {"action_stats": self.train_set.action_norm.to_dict(),
                      "state_stats": self.train_set.state_norm.to_dict(), "init": self.cfg.init,
-                     "aux_key": self.cfg.aux_key}  # a training target only: the policy never reads it
+                     "aux_key": self.cfg.aux_key,  # a training target only: the policy never reads it
+                     "state_key": self.cfg.state_key}
         return {
             **robot,
             "parents": {"tokenizer": self.tok, "lat": self.lat},

@@ -74,7 +74,7 @@ class WAMClips(torch.utils.data.Dataset):
     def __init__(self, roots: list[str | Path], tokenizer_hash: str, lat_hash: str, *, clip_frames: int = 6,
                  split: str = "all", val_fraction: float = 0.1, split_seed: int = 0, ell_norm: Normalizer | None = None,
                  robot: bool = False, action_norm: Normalizer | None = None, state_norm: Normalizer | None = None,
-                 aux: bool = False, aux_norm: Normalizer | None = None):
+                 aux: bool = False, aux_norm: Normalizer | None = None, state_key: str = "observation.state"):
         if clip_frames < 2:
             raise RepwamError(f"clip_frames must be >= 2 (one transition), got {clip_frames}")
         self.datasets = [LeRobotDataset(r) for r in roots]
@@ -96,12 +96,13 @@ class WAMClips(torch.utils.data.Dataset):
         self.robot = robot
         if robot:
             missing = [str(ds.root) for ds in self.datasets if "action" not in ds.features or
-                       "observation.state" not in ds.features]
+                       state_key not in ds.features]
             if missing:
-                raise RepwamError(f"robot-action training needs `action` and `observation.state` in every dataset; "
+                raise RepwamError(f"robot-action training needs `action` and `{state_key}` in every dataset; "
                                   f"missing in {missing}")
             self.action_norm = action_norm or dataset_stats(self.datasets, "action")
-            self.state_norm = state_norm or dataset_stats(self.datasets, "observation.state")
+            floor = ENV_STATE_MIN_STD if state_key == ENV_STATE else 0.0
+            self.state_norm = state_norm or dataset_stats(self.datasets, state_key, floor)
             self.actions, self.states = {}, {}
         self.aux_norm, self.env_states = None, {}
         if aux:
@@ -118,7 +119,7 @@ class WAMClips(torch.utils.data.Dataset):
             data = self.datasets[d].episode_data(e) if robot or aux else None
             if robot:
                 self.actions[(d, e)] = np.asarray(data["action"], np.float32)
-                self.states[(d, e)] = np.asarray(data["observation.state"], np.float32)
+                self.states[(d, e)] = np.asarray(data[state_key], np.float32)
             if aux:
                 self.env_states[(d, e)] = np.asarray(data[ENV_STATE], np.float32)
             for s in range(0, max(n_valid - 1, 0)):  # every start with at least one real transition

@@ -16,6 +16,9 @@ Readers, each trained on the same N layouts:
   components (after the per-token layer norm the alignment loss applies; PCA fitted on the training layouts'
   tokens): what a K-dimensional latent aligned linearly to the teacher (the tokenizer's `W_align`) could carry at
   best, since the mean-squared alignment is best served by the top components.
+- `--align-residual`: for each `--tokenizer` that saved its alignment head (`align_head.safetensors`), ridge on
+  what the head predicts of the teacher from the latents, `W_align z`, and on what it misses, the per-token
+  layer-normed teacher features minus that prediction: where the object's position is, in the fit or in its error.
 Scores: mean 3-D error (cm) and the share of evaluation layouts read within 5 cm (reach's and push's success
 radius). Prints a table and saves JSON (after every row: rerun to add sizes or layouts; finished rows are kept).
 
@@ -138,6 +141,22 @@ def teacher_pca(fx: np.ndarray, fv: np.ndarray, k: int, fit_n: int) -> tuple[np.
     return tuple(pca.transform(tokens(f)).reshape(len(f), -1) for f in (fx, fv))
 
 
+def align_split(checkpoint: str, z: np.ndarray, teacher: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(W_align z, layer-normed teacher tokens - W_align z), each (N, 64·C): the alignment's fit and its error."""
+    from safetensors.torch import load_file
+
+    from repwam.tokenizer.losses import normalize_targets
+
+    w = load_file(str(Path(checkpoint) / "align_head.safetensors"))
+    w = {k.removeprefix("proj."): v for k, v in w.items()}
+    with torch.no_grad():
+        zt = torch.from_numpy(z).reshape(len(z), 64, -1)  # (N, L, d_v): the first latent frame's 8 x 8 tokens
+        pred = torch.nn.functional.linear(zt, w["weight"], w["bias"])  # (N, L, C)
+        t = torch.from_numpy(teacher).reshape(len(teacher), -1, 64).transpose(1, 2)  # channel-major -> (N, L, C)
+        resid = normalize_targets(t) - pred
+    return pred.flatten(1).numpy(), resid.flatten(1).numpy()
+
+
 def tokenizer_features(checkpoint: str, *frame_sets: np.ndarray) -> list[np.ndarray]:
     """The first latent frame a repwam tokenizer makes of each frame (the WAM's input), flattened: (N, L·d) per set."""
     from repwam.data.transforms import frames_to_model
@@ -179,6 +198,8 @@ def main() -> None:
                          "(repeatable), e.g. 64=outputs/hard60/runs/tok_default/checkpoints/last")
     ap.add_argument("--teacher-pca", default="", help="comma-separated K: ridge on the teacher's top-K principal "
                     "components per token as well (64 px rows)")
+    ap.add_argument("--align-residual", action="store_true",
+                    help="ridge on each tokenizer's W_align z and on the teacher minus it as well (64 px rows)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -222,6 +243,15 @@ def main() -> None:
                         tok_feats[ckpt] = tokenizer_features(ckpt, x, xv)
                     fx_t, fv_t = tok_feats[ckpt]
                     row[name] = scores(fit_ridge(fx_t[:n], y[:n], fv_t), yv)
+                if args.align_residual and size == 64 and (Path(ckpt) / "align_head.safetensors").exists() \
+                        and f"{name}:fit" not in row:
+                    if ckpt not in tok_feats:
+                        tok_feats[ckpt] = tokenizer_features(ckpt, x, xv)
+                    if fx is None:
+                        fx, fv = effnet_features(x), effnet_features(xv)
+                    (px, rx), (pv, rv) = (align_split(ckpt, z, t) for z, t in zip(tok_feats[ckpt], (fx, fv)))
+                    row[f"{name}:fit"] = scores(fit_ridge(px[:n], y[:n], pv), yv)
+                    row[f"{name}:error"] = scores(fit_ridge(rx[:n], y[:n], rv), yv)
             print(f"{key} {size}px n={n}: " + "  ".join(f"{k} {v['err_cm']} cm / {v['within_5cm']:.0%}"
                                                           for k, v in row.items()), flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)

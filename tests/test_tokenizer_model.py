@@ -266,3 +266,21 @@ def test_tokenizer_loss_components():
         TokenizerLoss(perceptual=0)(recon, x)
     with pytest.raises(RepwamError, match="no discriminator"):
         vitok.discriminator_loss(recon, x)
+
+
+def test_conv_stem_keeps_shapes_causality_and_errors():
+    """conv_stem = k: k stride-2 convs per frame before a patch_size / 2^k projection: the same latent grid, still
+    causal across latent frames; a patch size the stem cannot divide is refused."""
+    torch.manual_seed(0)
+    model = RepViTok(TokenizerConfig.preset("tiny", conv_stem=2)).eval()
+    assert model.patch_embed.image_proj.kernel_size == (2, 2) and model.patch_embed.image_proj.in_channels == 64
+    x = clip(1, 9)
+    with torch.no_grad():
+        z = model.encode(x)
+        assert z.shape == (1, 3, 64, 32) and model.decode(z).shape == x.shape
+        x2 = x.clone()
+        x2[:, 5:] = clip(1, 4, seed=1)
+        z2 = model.encode(x2)
+    assert torch.allclose(z[:, :2], z2[:, :2], atol=1e-5) and (z[:, 2] - z2[:, 2]).abs().max() > 1e-2
+    with pytest.raises(RepwamError, match="conv_stem=4 needs patch_size=8 divisible by 2\\^4"):
+        TokenizerConfig.preset("tiny", conv_stem=4)

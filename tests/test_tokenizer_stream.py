@@ -29,10 +29,10 @@ def push_all(stream, frames, tp):
         yield stream.push(frames[:, i : i + tp])
 
 
-@pytest.mark.parametrize("temporal_pos", ["rope", "sincos"])
+@pytest.mark.parametrize("temporal_pos,conv_stem", [("rope", 0), ("sincos", 0), ("rope", 2)])
 @pytest.mark.parametrize("window", [None, 1, 2, 3])
-def test_stream_equals_whole_sequence_encode(window, temporal_pos):
-    model = tiny(attn_window=window, temporal_pos=temporal_pos)
+def test_stream_equals_whole_sequence_encode(window, temporal_pos, conv_stem):
+    model = tiny(attn_window=window, temporal_pos=temporal_pos, conv_stem=conv_stem)
     tp, L = model.temporal_patch, model.tokens_per_frame
     x = clip(2, model.num_frames(MAX_LATENT_FRAMES))
     stream = model.stream_encoder(batch_size=2)

@@ -76,6 +76,10 @@ class TokenizerConfig(ModelConfig):
     spatial_pos: str = "learned"  # "learned" | "sincos"
     temporal_pos: str = "rope"  # "rope" (relative) | "sincos" (absolute)
     qk_norm: bool = True  # LayerNorm on queries and keys per head (stable training)
+    # stride-2 3x3 convolutions on every frame before the patch projection (0: the plain linear patchify), widths
+    # 32, 64, ...; the projection then takes patch_size / 2^conv_stem patches of their features. Early convolutions
+    # (Xiao et al. 2021) let a ViT see details smaller than a patch (a 2-cm puck is 1-2 pixels at 64 px)
+    conv_stem: int = 0
     grad_checkpoint: bool = False  # the model's initial `grad_checkpoint` (activation checkpointing of the blocks)
 
     def __post_init__(self):
@@ -95,6 +99,9 @@ class TokenizerConfig(ModelConfig):
             raise RepwamError(f"spatial_pos must be 'learned' or 'sincos', got {self.spatial_pos!r}")
         if self.temporal_pos not in ("rope", "sincos"):
             raise RepwamError(f"temporal_pos must be 'rope' or 'sincos', got {self.temporal_pos!r}")
+        if self.conv_stem < 0 or self.patch_size % 2**self.conv_stem:
+            raise RepwamError(f"conv_stem={self.conv_stem} needs patch_size={self.patch_size} divisible by "
+                              f"2^{self.conv_stem} (each stem layer halves the resolution)")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -223,17 +230,28 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Frame 0 -> p x p patches (Conv2d); frames 1.. -> tp x p x p tubelets (Conv3d)."""
+    """Frame 0 -> p x p patches (Conv2d); frames 1.. -> tp x p x p tubelets (Conv3d). With conv_stem = k, each
+    frame first goes through k stride-2 3x3 convolutions (GELU after each), and the patches are p / 2^k of their
+    features."""
 
     def __init__(self, cfg: TokenizerConfig):
         super().__init__()
-        p, tp = cfg.patch_size, cfg.temporal_patch
-        self.image_proj = nn.Conv2d(cfg.in_channels, cfg.width, kernel_size=p, stride=p)
-        self.tubelet_proj = nn.Conv3d(cfg.in_channels, cfg.width, kernel_size=(tp, p, p), stride=(tp, p, p))
+        tp, c = cfg.temporal_patch, cfg.in_channels
+        layers = []
+        for i in range(cfg.conv_stem):
+            layers += [nn.Conv2d(c, 32 * 2**i, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            c = 32 * 2**i
+        self.stem = nn.Sequential(*layers) if layers else None
+        p = cfg.patch_size // 2**cfg.conv_stem
+        self.image_proj = nn.Conv2d(c, cfg.width, kernel_size=p, stride=p)
+        self.tubelet_proj = nn.Conv3d(c, cfg.width, kernel_size=(tp, p, p), stride=(tp, p, p))
 
     def forward(self, frames, starts_clip: bool = True):
         # frames (B, T, C, H, W) -> tokens (B, T', L, width). starts_clip=False: frames are whole tubelets only
         # (a streaming push after the first frame)
+        if self.stem is not None:  # per frame: (B, T, C, H, W) -> (B, T, C_s, H / 2^k, W / 2^k)
+            b = frames.shape[0]
+            frames = rearrange(self.stem(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) c h w -> b t c h w", b=b)
         tokens = []
         if starts_clip:
             x0 = self.image_proj(frames[:, 0])  # (B, width, h, w)

@@ -39,6 +39,7 @@ class TokenizerTrainConfig:
     num_frames: int = 17  # T = 1 + 4k raw frames: the longest training clip
     clip_lengths: tuple[int, ...] = (5, 9, 13, 17)  # each batch takes one of these (all <= num_frames)
     attn_window: int | None = 3  # latent frames each latent frame attends to (itself included); encoding uses it too
+    conv_stem: int | None = None  # vit: stride-2 convs before the patch projection (None: the preset's)
     frame_stride: int = 1
     # the views it learns, each clip one camera, every view with the same weights (None: every camera of the data)
     cameras: tuple[str, ...] | None = None
@@ -54,6 +55,8 @@ class TokenizerTrainConfig:
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise RepwamError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "vae" and self.conv_stem:
+            raise RepwamError("conv_stem is a setting of the ViT tokenizer (arch vit); the VAE is convolutional")
         self.clip_lengths = tuple(int(t) for t in (self.clip_lengths or (self.num_frames,)))
         if max(self.clip_lengths) > self.num_frames:
             raise RepwamError(f"clip_lengths {self.clip_lengths} must not exceed num_frames={self.num_frames}")
@@ -68,7 +71,8 @@ def build_tokenizer(cfg: TokenizerTrainConfig):
         from repwam.tokenizer.vae import CausalVAE, VAEConfig
 
         return CausalVAE(VAEConfig.preset(cfg.preset))
-    return RepViTok(TokenizerConfig.preset(cfg.preset, attn_window=cfg.attn_window))
+    stem = {} if cfg.conv_stem is None else {"conv_stem": cfg.conv_stem}
+    return RepViTok(TokenizerConfig.preset(cfg.preset, attn_window=cfg.attn_window, **stem))
 
 
 class TokenizerStage(Stage):

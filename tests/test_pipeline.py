@@ -126,6 +126,11 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert ff["train-wam_first_frame_s0"].needs == ["train-wampre_repwam_s0", "data"]
     assert "--first-frame-context" in ff["train-wam_first_frame_s0"].args
     assert "--first-frame-context" not in ff["train-wam_repwam_s0"].args
+    # teacher: the whole chain on the frozen teacher's features
+    te = ablation(tmp_path / "te", cfg, ["teacher"], [0]).jobs
+    args = te["train-tok_teacher"].args
+    assert args[args.index("--recipe") + 1] == "teacher" and te["train-lat_teacher"].needs == ["train-tok_teacher"]
+    assert te["train-wampre_teacher_s0"].needs == ["train-lat_teacher"]
     # repwam_goal: adapts repwam's own pretraining with the simulator state as the state token
     rg = ablation(tmp_path / "rg", cfg, ["repwam", "repwam_goal"], [0]).jobs
     assert rg["train-wam_repwam_goal_s0"].needs == ["train-wampre_repwam_s0", "data"]

@@ -31,10 +31,11 @@ from repwam.tokenizer.teachers import Teacher, teacher_spec, teacher_targets
 # ---------------------------------------------------------------------------------------- loading
 def load_tokenizer(path: str | Path, **overrides):
     """Any tokenizer checkpoint (RepViTok or the conventional video VAE) in eval mode, with `checkpoint_meta`."""
+    from repwam.tokenizer.frozen import FrozenTeacherTokenizer
     from repwam.tokenizer.model import RepViTok
     from repwam.tokenizer.vae import CausalVAE
 
-    classes = {c.checkpoint_type: c for c in (RepViTok, CausalVAE)}
+    classes = {c.checkpoint_type: c for c in (RepViTok, CausalVAE, FrozenTeacherTokenizer)}
     kind = read_config(path).get("type")
     if kind not in classes:
         raise RepwamError(f"{path} is a {kind!r} checkpoint, not a visual tokenizer (one of {sorted(classes)})")

@@ -29,6 +29,8 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     first_frame  repwam whose adaptation also cross-attends to the episode's first latent frame
                  (`--first-frame-context`: the layout as first seen, which the attention window forgets);
                  shares repwam's pretraining
+    teacher      a reference: the same chain on the frozen teacher's features as the latents (`--recipe teacher`,
+                 repwam.tokenizer.frozen: what a perfectly aligned tokenizer would give; nothing trained, no decoder)
     repwam_goal  a privileged reference, as plain_goal: repwam whose state token is the whole simulator observation
                  (`--state-key observation.environment_state`), so the objects' and the goal's positions need no
                  perception; shares repwam's pretraining. With plain_goal it separates "cannot see" from "cannot act"
@@ -59,7 +61,7 @@ from repwam.errors import RepwamError
 from repwam.serve import ENV_STATE_KEY
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
-        "repwam_aux", "first_frame", "repwam_goal")
+        "repwam_aux", "first_frame", "repwam_goal", "teacher")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est")  # by `repwam train plain`; runs plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
@@ -233,7 +235,7 @@ class Pipeline:
             run = eval_run(row, seed)
             args = ["--preset", c.preset, *PLAIN_ARGS[row]]
             return self.evaluate(run, [self.train("plain", run, c.plain_steps, args, [self.dataset()], seed)])
-        tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae"}.get(row, "default")
+        tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae", "teacher": "teacher"}.get(row, "default")
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]

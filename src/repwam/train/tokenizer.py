@@ -9,14 +9,16 @@ longest and, with an attention window shorter than that, the sliding-window regi
 
 from __future__ import annotations
 
+import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from repwam.data.dataset import ClipDataset, frames_to_model, split_spec
+from repwam.data.lerobot import LeRobotDataset
 from repwam.errors import RepwamError
 from repwam.eval.metrics import clip_psnr, recon_grid
 from repwam.tokenizer.losses import AlignHead, TokenizerLoss, teacher_cosine
@@ -25,7 +27,7 @@ from repwam.tokenizer.teachers import build_teacher, teacher_spec
 from repwam.tokenizer.tokenize import clip_targets, teacher_cache
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
 
-ARCHS = ("vit", "vae")
+ARCHS = ("vit", "vae", "teacher")  # teacher: the frozen teacher as the tokenizer (repwam.tokenizer.frozen)
 
 
 @dataclass
@@ -71,6 +73,11 @@ def build_tokenizer(cfg: TokenizerTrainConfig):
         from repwam.tokenizer.vae import CausalVAE, VAEConfig
 
         return CausalVAE(VAEConfig.preset(cfg.preset))
+    if cfg.arch == "teacher":
+        from repwam.tokenizer.frozen import FrozenTeacherConfig, FrozenTeacherTokenizer
+
+        return FrozenTeacherTokenizer(FrozenTeacherConfig.preset(
+            cfg.preset, teacher=cfg.teacher, teacher_layer=cfg.teacher_layer, teacher_input_size=cfg.teacher_input_size))
     stem = {} if cfg.conv_stem is None else {"conv_stem": cfg.conv_stem}
     return RepViTok(TokenizerConfig.preset(cfg.preset, attn_window=cfg.attn_window, **stem))
 
@@ -190,8 +197,34 @@ class TokenizerStage(Stage):
 def train_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], out: str | Path, *, resume: bool = False,
                     progress: bool = True) -> Path:
     """Train and return the path of the last checkpoint."""
-    return run_stage(lambda: TokenizerStage(cfg, data, progress=progress), cfg, "train tokenizer", data, out, resume=resume,
-                     progress=progress)
+    if cfg.arch == "teacher":
+        return write_teacher_tokenizer(cfg, data, out)
+    return run_stage(lambda: TokenizerStage(cfg, data, progress=progress), cfg, "train tokenizer", data, out,
+                     resume=resume, progress=progress)
+
+
+def write_teacher_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], out: str | Path) -> Path:
+    """arch teacher: nothing to train; writes the checkpoint that names the teacher (`<out>/checkpoints/last`) and
+    run.json, with the cameras and image size checked against the data as training would."""
+    datasets = [LeRobotDataset(d) for d in data]
+    cams = [c if c.startswith("observation.images.") else f"observation.images.{c}"
+            for c in (cfg.cameras or datasets[0].camera_keys)]
+    model = build_tokenizer(cfg)
+    size = model.image_size
+    for ds in datasets:
+        missing = [c for c in cams if c not in ds.camera_keys]
+        if missing:
+            raise RepwamError(f"{ds.root} has no camera {missing}; it has {ds.camera_keys}")
+        shape = tuple(ds.features[cams[0]]["shape"][:2])
+        if shape != (size, size):
+            raise RepwamError(f"the data has {shape} images but preset {cfg.preset!r} expects {size}x{size}; "
+                              f"regenerate with --image-size {size} or pick another preset")
+    meta = {"teacher": teacher_spec(model.teacher), "teacher_dim": None, "num_frames": cfg.num_frames,
+            "frame_stride": cfg.frame_stride, "cameras": cams, "align_weight": 0.0, "data": [str(d) for d in data]}
+    ckpt = model.save_pretrained(Path(out) / "checkpoints" / "last", meta=meta)
+    run = {"command": "train tokenizer", "data": [str(d) for d in data], **asdict(cfg)}
+    (Path(out) / "run.json").write_text(json.dumps(run, indent=1, default=str))
+    return ckpt
 
 
 CONFIG = TokenizerTrainConfig
@@ -200,5 +233,6 @@ RECIPES = {
     "none": TokenizerTrainConfig(teacher="none", align_weight=0.0),  # the reconstruction-only ablation ("ViTok")
     "privileged": TokenizerTrainConfig(teacher="privileged", teacher_layer=None, teacher_input_size=None),
     "vae": TokenizerTrainConfig(arch="vae", teacher="none", align_weight=0.0),  # conventional causal video VAE
+    "teacher": TokenizerTrainConfig(arch="teacher"),  # the frozen teacher's features as z: nothing trained
 }
 train = train_tokenizer

@@ -57,6 +57,8 @@ class FrozenTeacherConfig(ModelConfig):
 
 
 class FrozenTeacherTokenizer(VisualTokenizer, Pretrained, nn.Module):
+    """frames (B, T, 3, S, S) in [-1, 1] -> z (B, T', L, C): the tokenizer interface, encode-only."""
+
     checkpoint_type = "repwam.teacher_tokenizer"
     config_class = FrozenTeacherConfig
     config_key = "teacher_tokenizer"

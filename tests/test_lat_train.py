@@ -96,6 +96,25 @@ def test_latents_from_another_tokenizer_are_refused(lat_ckpt, tiny_tokenizer, ti
         label_dataset(lat, tiny_dataset, tokenizer=other_path, progress=False)
 
 
+def test_a_latent_cache_from_before_a_new_tokenizer_option_is_still_used(tiny_tokenizer, tiny_dataset, latents):
+    """A cache whose recorded tokenizer config lacks an option added since (conv_stem) holds the same latents: reused,
+    not refused as made with other settings."""
+    import json
+
+    from repwam.tokenizer.tokenize import latent_cache, tokenize_dataset
+
+    cache = latent_cache(tiny_dataset, weights_hash(tiny_tokenizer))
+    f = cache.path / "index.json"
+    idx = json.loads(f.read_text())
+    saved = json.dumps(idx)
+    try:
+        del idx["meta"]["tokenizer"]["conv_stem"]
+        f.write_text(json.dumps(idx))
+        assert tokenize_dataset(tiny_tokenizer, tiny_dataset, progress=False).path == cache.path
+    finally:
+        f.write_text(saved)
+
+
 def test_exact_resume(tiny_tokenizer, tiny_dataset, tmp_path, monkeypatch):
     seen = []
     real = LATStage.loss

@@ -181,10 +181,11 @@ def tokenize_dataset(checkpoint: str | Path, root: str | Path, *, progress: bool
         "cameras": cams,
         "latent_grid": list(multiview_grid(model.latent_grid, len(cams))),
     }
-    if cache.exists() and _same(cache.meta, meta):
+    defaults = type(model.cfg)().to_dict()
+    if cache.exists() and _same(cache.meta, meta, defaults):
         return cache
     with cache.lock():
-        if cache.exists() and _same(cache.meta, meta):  # another process made it while we waited
+        if cache.exists() and _same(cache.meta, meta, defaults):  # another process made it while we waited
             return cache
         done = cache.start({**meta, "checkpoint": ref["path"]})
         todo = [e for e in range(ds.num_episodes) if f"episode_{e:06d}" not in done]
@@ -205,9 +206,13 @@ def tokenize_dataset(checkpoint: str | Path, root: str | Path, *, progress: bool
     return cache
 
 
-def _same(cached: dict, meta: dict) -> bool:
-    """The cache holds these latents (the checkpoint path may differ: a copied checkpoint has the same weights)."""
-    return {k: v for k, v in cached.items() if k != "checkpoint"} == meta
+def _same(cached: dict, meta: dict, cfg_defaults: dict) -> bool:
+    """The cache holds these latents (the checkpoint path may differ: a copied checkpoint has the same weights). A
+    tokenizer setting the cache does not record (made before the option existed) counts as its default."""
+    cached = {k: v for k, v in cached.items() if k != "checkpoint"}
+    if isinstance(cached.get("tokenizer"), dict):
+        cached["tokenizer"] = {**cfg_defaults, **cached["tokenizer"]}
+    return cached == meta
 
 
 def load_latents(root: str | Path, tokenizer_hash: str, *, what: str = "this stage",

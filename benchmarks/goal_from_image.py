@@ -216,8 +216,18 @@ def main() -> None:
     for size in [int(s) for s in args.sizes.split(",")]:
         x, y = render_layouts(args.task, args.camera, size, train_seeds, args.target)
         xv, yv = render_layouts(args.task, args.camera, size, val_seeds, args.target)
-        fx = fv = None
-        tok_feats: dict[str, list[np.ndarray]] = {}
+        memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # features of (train, evaluation) frames, made once
+
+        def teacher() -> tuple[np.ndarray, np.ndarray]:
+            if "teacher" not in memo:
+                memo["teacher"] = effnet_features(x), effnet_features(xv)
+            return memo["teacher"]
+
+        def latents(ckpt: str) -> tuple[np.ndarray, np.ndarray]:
+            if ckpt not in memo:
+                memo[ckpt] = tuple(tokenizer_features(ckpt, x, xv))
+            return memo[ckpt]
+
         for n in ns:
             row = rows.setdefault(f"{size}px/n{n}", {})
             row["mean"] = scores(np.repeat(y[:n].mean(0, keepdims=True), len(yv), 0), yv)
@@ -226,30 +236,23 @@ def main() -> None:
                 row["cnn"] = scores(fit_cnn(x[:n], y[:n], xv, args.steps, args.seed), yv)
                 row["cnn"]["train_s"] = round(time.perf_counter() - t0, 1)
             if size == 64 and "effnet" not in row:  # the teacher resizes to 128 px either way
-                if fx is None:
-                    fx, fv = effnet_features(x), effnet_features(xv)
+                fx, fv = teacher()
                 row["effnet"] = scores(fit_ridge(fx[:n], y[:n], fv), yv)
             for k in [int(k) for k in args.teacher_pca.split(",") if k] if size == 64 else []:
                 if f"effnet_pca{k}" not in row:
-                    if fx is None:
-                        fx, fv = effnet_features(x), effnet_features(xv)
-                    px, pv = teacher_pca(fx, fv, k, fit_n=n)
+                    px, pv = teacher_pca(*teacher(), k, fit_n=n)
                     row[f"effnet_pca{k}"] = scores(fit_ridge(px[:n], y[:n], pv), yv)
             for spec in args.tokenizer:
                 tok_size, ckpt = spec.split("=", 1)
                 name = f"tokenizer:{ckpt}"
-                if int(tok_size) == size and name not in row:
-                    if ckpt not in tok_feats:
-                        tok_feats[ckpt] = tokenizer_features(ckpt, x, xv)
-                    fx_t, fv_t = tok_feats[ckpt]
+                if int(tok_size) != size:
+                    continue
+                if name not in row:
+                    fx_t, fv_t = latents(ckpt)
                     row[name] = scores(fit_ridge(fx_t[:n], y[:n], fv_t), yv)
                 if args.align_residual and size == 64 and (Path(ckpt) / "align_head.safetensors").exists() \
                         and f"{name}:fit" not in row:
-                    if ckpt not in tok_feats:
-                        tok_feats[ckpt] = tokenizer_features(ckpt, x, xv)
-                    if fx is None:
-                        fx, fv = effnet_features(x), effnet_features(xv)
-                    (px, rx), (pv, rv) = (align_split(ckpt, z, t) for z, t in zip(tok_feats[ckpt], (fx, fv)))
+                    (px, rx), (pv, rv) = (align_split(ckpt, z, t) for z, t in zip(latents(ckpt), teacher()))
                     row[f"{name}:fit"] = scores(fit_ridge(px[:n], y[:n], pv), yv)
                     row[f"{name}:error"] = scores(fit_ridge(rx[:n], y[:n], rv), yv)
             print(f"{key} {size}px n={n}: " + "  ".join(f"{k} {v['err_cm']} cm / {v['within_5cm']:.0%}"

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from repwam.data.lerobot import LeRobotDataset
+from repwam.data.lerobot import LeRobotDataset, camera_key
 from repwam.data.transforms import frames_from_model, frames_to_model  # noqa: F401  (re-exported)
 from repwam.errors import RepwamError
 
@@ -139,7 +139,7 @@ class ClipDataset(torch.utils.data.Dataset):
             cameras = list(first.camera_keys)
         elif cameras is None:
             cameras = [camera or first.camera_keys[0]]
-        self.cameras = [c if c.startswith("observation.images.") else f"observation.images.{c}" for c in cameras]
+        self.cameras = [camera_key(c) for c in cameras]
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
             raise RepwamError(f"cameras must be distinct and at least one, got {self.cameras}")
         self.camera = self.cameras[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from repwam.data.lerobot import LeRobotDataset
+from repwam.data.lerobot import LeRobotDataset, camera_key
 from repwam.errors import RepwamError
 
 
@@ -118,9 +118,7 @@ def view_episode(root: str | Path, episode: int, out: str | Path | None = None, 
     ds = LeRobotDataset(root)
     if not 0 <= episode < ds.num_episodes:
         raise RepwamError(f"episode {episode} does not exist: {ds.root} has episodes 0..{ds.num_episodes - 1}")
-    key = camera or ds.camera_keys[0]
-    if not key.startswith("observation.images."):
-        key = f"observation.images.{key}"
+    key = camera_key(camera or ds.camera_keys[0])
     if key not in ds.camera_keys:
         raise RepwamError(f"no camera {key!r} in {ds.root}; cameras: {ds.camera_keys}")
     frames = annotate(ds.episode_frames(episode, key), f"ep {episode}: {ds.episode_task(episode)}")

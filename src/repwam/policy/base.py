@@ -21,7 +21,18 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from repwam.errors import RepwamError
+
 INSTRUCTION_KEY = "prompt"
+
+
+def read_state(obs: dict[str, Any], key: str, dim: int) -> np.ndarray:
+    """The (dim,) float32 vector a policy's state token reads from obs[key] (the robot's state, or a privileged
+    reference's simulator state), or an error naming the key and the size it was trained on."""
+    state = np.asarray(obs[key], np.float32)
+    if state.shape != (dim,):
+        raise RepwamError(f"{key!r} has shape {state.shape}; this policy was trained on ({dim},)")
+    return state
 
 
 @runtime_checkable

@@ -48,7 +48,7 @@ from repwam.checkpoint import Pretrained
 from repwam.config import ModelConfig
 from repwam.data.transforms import Normalizer, image_to_model
 from repwam.errors import RepwamError
-from repwam.policy.base import INSTRUCTION_KEY
+from repwam.policy.base import INSTRUCTION_KEY, read_state
 from repwam.serve import ENV_STATE_KEY, STATE_KEY, validate_observation
 from repwam.layers import MLP, sincos_1d, sincos_2d
 
@@ -517,11 +517,7 @@ class PlainPolicy:
         image = torch.stack([image_to_model(obs[cam], c.image_size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
         if self.state_norm is not None:
-            state = np.asarray(obs[self.state_key], np.float32)
-            if state.shape != (c.state_dim,):
-                raise RepwamError(f"{self.state_key!r} has shape {state.shape}; this policy was trained on "
-                                  f"({c.state_dim},)")
-            state = self.state_norm(state)
+            state = self.state_norm(read_state(obs, self.state_key, c.state_dim))
         frames = ep["frames"]
         while len(frames) < c.n_obs - 1:  # an episode's first frame stands in for the frames before it
             frames.append((image, state))

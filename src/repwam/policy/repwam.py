@@ -30,7 +30,7 @@ import torch
 from repwam.data.transforms import Normalizer, frames_from_model, image_to_model
 from repwam.errors import RepwamError
 from repwam.lat.model import LatentActionTokenizer
-from repwam.policy.base import INSTRUCTION_KEY
+from repwam.policy.base import INSTRUCTION_KEY, read_state
 from repwam.serve import ENV_STATE_KEY, STATE_KEY, validate_observation
 from repwam.tokenizer.tokenize import load_parent_tokenizer
 from repwam.wam.model import WorldActionModel
@@ -126,11 +126,7 @@ class RepWAMPolicy:
         image = torch.stack([image_to_model(obs[cam], size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
         if self.state_norm is not None:
-            state = np.asarray(obs[self.state_key], np.float32)
-            if state.shape != (self.model.cfg.state_dim,):
-                raise RepwamError(f"{self.state_key!r} has shape {state.shape}; this policy was trained on "
-                                  f"({self.model.cfg.state_dim},)")
-            state = self.state_norm(state)
+            state = self.state_norm(read_state(obs, self.state_key, self.model.cfg.state_dim))
         return image, state
 
     @torch.no_grad()

@@ -250,8 +250,8 @@ class PatchEmbed(nn.Module):
         # frames (B, T, C, H, W) -> tokens (B, T', L, width). starts_clip=False: frames are whole tubelets only
         # (a streaming push after the first frame)
         if self.stem is not None:  # per frame: (B, T, C, H, W) -> (B, T, C_s, H / 2^k, W / 2^k)
-            b = frames.shape[0]
-            frames = rearrange(self.stem(rearrange(frames, "b t c h w -> (b t) c h w")), "(b t) c h w -> b t c h w", b=b)
+            x = self.stem(rearrange(frames, "b t c h w -> (b t) c h w"))
+            frames = rearrange(x, "(b t) c h w -> b t c h w", b=frames.shape[0])
         tokens = []
         if starts_clip:
             x0 = self.image_proj(frames[:, 0])  # (B, width, h, w)

@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from repwam.data.dataset import ClipDataset, frames_to_model, split_spec
-from repwam.data.lerobot import LeRobotDataset
+from repwam.data.lerobot import LeRobotDataset, camera_key
 from repwam.errors import RepwamError
 from repwam.eval.metrics import clip_psnr, recon_grid
 from repwam.tokenizer.losses import AlignHead, TokenizerLoss, teacher_cosine
 from repwam.tokenizer.model import RepViTok, TokenizerConfig
 from repwam.tokenizer.teachers import build_teacher, teacher_spec
 from repwam.tokenizer.tokenize import clip_targets, teacher_cache
-from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
+from repwam.train.trainer import OptimConfig, Stage, run_record, run_stage, val_subset
 
 ARCHS = ("vit", "vae", "teacher")  # teacher: the frozen teacher as the tokenizer (repwam.tokenizer.frozen)
 
@@ -207,8 +207,7 @@ def write_teacher_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], o
     """arch teacher: nothing to train; writes the checkpoint that names the teacher (`<out>/checkpoints/last`) and
     run.json, with the cameras and image size checked against the data as training would."""
     datasets = [LeRobotDataset(d) for d in data]
-    cams = [c if c.startswith("observation.images.") else f"observation.images.{c}"
-            for c in (cfg.cameras or datasets[0].camera_keys)]
+    cams = [camera_key(c) for c in (cfg.cameras or datasets[0].camera_keys)]
     model = build_tokenizer(cfg)
     size = model.image_size
     for ds in datasets:
@@ -222,8 +221,7 @@ def write_teacher_tokenizer(cfg: TokenizerTrainConfig, data: list[str | Path], o
     meta = {"teacher": teacher_spec(model.teacher), "teacher_dim": None, "num_frames": cfg.num_frames,
             "frame_stride": cfg.frame_stride, "cameras": cams, "align_weight": 0.0, "data": [str(d) for d in data]}
     ckpt = model.save_pretrained(Path(out) / "checkpoints" / "last", meta=meta)
-    run = {"command": "train tokenizer", "data": [str(d) for d in data], **asdict(cfg)}
-    (Path(out) / "run.json").write_text(json.dumps(run, indent=1, default=str))
+    (Path(out) / "run.json").write_text(json.dumps(run_record(cfg, "train tokenizer", data), indent=1, default=str))
     return ckpt
 
 

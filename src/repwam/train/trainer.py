@@ -755,13 +755,18 @@ class Trainer:
         return last
 
 
+def run_record(cfg, command: str, data: list) -> dict:
+    """What run.json records: the command, the data and the stage config."""
+    return {"command": command, "data": [str(d) for d in data], **asdict(cfg)}
+
+
 def run_stage(make_stage, cfg, command: str, data: list, out: str | Path, *, resume: bool = False,
               progress: bool = True) -> Path:
     """Build the stage (rank 0 first, so the caches it writes are made once) and train it; returns the checkpoint.
     cfg: the stage's config dataclass (its `optim` drives the trainer); run.json records it with the command and the
     data, and its class defaults stand in for settings a resumed run from before a new option did not record."""
     optim = cfg.optim
-    run_config = {"command": command, "data": [str(d) for d in data], **asdict(cfg)}
+    run_config = run_record(cfg, command, data)
     defaults = asdict(type(cfg)())
     rank, world = distributed()
     init_distributed(resolve_device(optim.device))

@@ -137,6 +137,14 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     args = rg["train-wam_repwam_goal_s0"].args
     assert args[args.index("--state-key") + 1] == "observation.environment_state"
     assert "--state-key" not in rg["train-wam_repwam_s0"].args
+    # repwam_est: adapts repwam's own pretraining on the state estimator's reading of the camera, fitted first
+    re_ = ablation(tmp_path / "re", cfg, ["repwam", "repwam_est"], [0]).jobs
+    assert re_["train-wam_repwam_est_s0"].needs == ["train-wampre_repwam_s0", "data", "train-estimator"]
+    assert re_["train-estimator"].needs == ["data"] and re_["train-estimator"].args[:2] == ["train", "estimator"]
+    args = re_["train-wam_repwam_est_s0"].args
+    assert args[args.index("--state-key") + 1] == "observation.estimated_state"
+    assert args[args.index("--estimator") + 1] == re_["train-estimator"].args[re_["train-estimator"].args.index("--out") + 1]
+    assert "train-estimator" not in rg
     # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
     pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
     args = pg["train-plain_plain_goal_s0"].args

@@ -301,7 +301,7 @@ def test_adapt_and_policy_told_the_simulator_state(wam_ckpt, tiny_dataset, tmp_p
         WAMTrainConfig(stage="adapt", state_key="observation.goal")
     with pytest.raises(RepwamError, match="state_key feeds the state token"):
         WAMTrainConfig(state_key=ENV_STATE_KEY)  # pretraining has no state token
-    with pytest.raises(RepwamError, match="pick one"):
+    with pytest.raises(RepwamError, match="does not go with another state_key"):
         WAMTrainConfig(stage="adapt", state_key=ENV_STATE_KEY, aux_key=ENV_STATE_KEY)
     cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
                          state_key=ENV_STATE_KEY, optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3,
@@ -329,3 +329,46 @@ def test_adapt_and_policy_told_the_simulator_state(wam_ckpt, tiny_dataset, tmp_p
         policy.infer({**obs, ENV_STATE_KEY: env0[0, :10]})
     for t in range(5):
         assert np.isfinite(policy.infer({**_episode_obs(ds, 0, t), ENV_STATE_KEY: env0[t]})["actions"]).all()
+
+
+def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
+    """state_key=observation.estimated_state (the repwam_est row): in training the state token reads the robot's
+    state followed by the estimator's cross-fitted estimate of the frame; the policy computes the estimate from the
+    camera itself, asks only for the robot's state and is not privileged."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+    from repwam.serve import EST_STATE_KEY
+    from repwam.train.estimator import EstimatorTrainConfig, crossfit_estimates, fit_estimator
+    from repwam.train.wam import WAMStage
+
+    with pytest.raises(RepwamError, match="--estimator DIR goes with"):
+        WAMTrainConfig(stage="adapt", state_key=EST_STATE_KEY)
+    with pytest.raises(RepwamError, match="--estimator DIR goes with"):
+        WAMTrainConfig(stage="adapt", estimator="somewhere")
+    est_dir = tmp_path / "estimator"
+    fit_estimator([tiny_dataset], est_dir, EstimatorTrainConfig(folds=3), progress=False)
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         state_key=EST_STATE_KEY, estimator=str(est_dir),
+                         optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3, warmup=1, save_every=2,
+                                           val_items=8))
+    stage = WAMStage(cfg, [tiny_dataset], progress=False)
+    d, e, s = stage.train_set.index[3]
+    ds = LeRobotDataset(tiny_dataset)
+    est = crossfit_estimates(est_dir, [tiny_dataset])[str(ds.root.resolve())]
+    start = sum(ds.episode_length(i) for i in range(e))
+    robot = np.asarray(ds.episode_data(e)["observation.state"], np.float32)
+    rows = np.minimum(4 * np.arange(s, s + 4), len(robot) - 1)
+    want = np.concatenate([robot[rows], est[start + rows]], 1)
+    torch.testing.assert_close(torch.as_tensor(stage.train_set[3]["state"]),
+                               torch.as_tensor(stage.train_set.state_norm(want)))
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = WorldActionModel.from_pretrained(ckpt)
+    assert model.cfg.state_dim == 4 + 39 and model.checkpoint_meta["parents"]["estimator"]["path"] == str(est_dir.resolve())
+
+    policy = load_policy(ckpt, chunk=1)
+    assert not policy.metadata["privileged"] and policy.metadata["state_dim"] == 4
+    policy.reset(ds.episode_task(0))
+    for t in range(5):
+        assert np.isfinite(policy.infer(_episode_obs(ds, 0, t))["actions"]).all()
+    with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
+        policy.infer({**_episode_obs(ds, 0, 5), "observation.state": robot[0, :2]})

@@ -172,6 +172,26 @@ def train_teacher_cmd(
     typer.echo(f"privileged teacher -> {out}; held-out R² {r2} (mean {report['val_r2_mean']:.3f})")
 
 
+@train_app.command("estimator")
+def train_estimator_cmd(
+    data: list[Path] = typer.Option(..., "--data", help="dataset(s) with observation.environment_state"),
+    out: Path = typer.Option(..., "--out", "-o", help="directory of the fitted estimator"),
+    camera: str = typer.Option("corner3", help="the view it reads"),
+    frame_stride: int = typer.Option(4, help="fit on every n-th frame of each episode (4: latent-frame boundaries)"),
+    folds: int = typer.Option(5, help="cross-validation and cross-fitting folds over episodes"),
+    per_task: bool = typer.Option(True, help="one map per task (the instruction picks it); off: one for all tasks"),
+):
+    """Fit the state estimator: a ridge map from the frozen teacher's features of a camera frame to the simulator's
+    observation (objects, goal), with cross-fitted estimates of every frame for `repwam train wam --stage adapt
+    --state-key observation.estimated_state --estimator OUT`."""
+    from repwam.train.estimator import EstimatorTrainConfig, fit_estimator
+
+    report = fit_estimator(data, out, EstimatorTrainConfig(camera=camera, frame_stride=frame_stride, folds=folds,
+                                                           per_task=per_task))
+    cm = ", ".join(f"{k} {v} cm" for k, v in report.get("cv_error_cm", {}).items())
+    typer.echo(f"state estimator ({len(report['maps'])} maps) -> {out}; cross-validated error {cm or report['rmse']}")
+
+
 @eval_app.command("tokenizer")
 def eval_tokenizer_cmd(
     checkpoint: list[Path] = typer.Option(..., "--checkpoint", "-c", help="tokenizer checkpoint(s); repeat to compare"),

@@ -31,7 +31,8 @@ from repwam.data.transforms import Normalizer, frames_from_model, image_to_model
 from repwam.errors import RepwamError
 from repwam.lat.model import LatentActionTokenizer
 from repwam.policy.base import INSTRUCTION_KEY, read_state
-from repwam.serve import ENV_STATE_KEY, STATE_KEY, validate_observation
+from repwam.policy.estimator import StateEstimator
+from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY, validate_observation
 from repwam.tokenizer.tokenize import load_parent_tokenizer
 from repwam.wam.model import WorldActionModel
 from repwam.wam.text import TextEncoder
@@ -42,7 +43,7 @@ class RepWAMPolicy:
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
                  chunk: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
-                 imagine: bool = False):
+                 imagine: bool = False, estimator: StateEstimator | None = None):
         meta = model.checkpoint_meta
         if not model.cfg.robot_action_dim:
             raise RepwamError(f"{meta.get('path')} has no robot-action stream: adapt it first "
@@ -63,13 +64,23 @@ class RepWAMPolicy:
         self.ell_norm = Normalizer.from_dict(meta["ell_stats"])
         # the views of the latents, in their token order (view-major); each is encoded with the same tokenizer
         self.cameras = list(meta.get("cameras") or [meta["camera"]])
+        # EST_STATE_KEY: the state token reads the robot's state followed by the estimator's reading of its camera
+        self.estimator = estimator.eval() if estimator is not None else None
+        robot_state_dim = model.cfg.state_dim
+        if self.state_key == EST_STATE_KEY:
+            if estimator is None:
+                raise RepwamError(f"{meta.get('path')} reads {EST_STATE_KEY}: it needs its state estimator")
+            if estimator.cfg.camera not in self.cameras:
+                raise RepwamError(f"the estimator reads {estimator.cfg.camera}, not one of this model's views "
+                                  f"{self.cameras}")
+            robot_state_dim = model.cfg.state_dim - estimator.cfg.target_dim
         self.metadata: dict[str, Any] = {
             "policy": "repwam",
             "checkpoint": meta.get("path"),
             "camera_keys": list(self.cameras),
             "image_size": tokenizer.image_size,
             "max_image_size": 1024,
-            "state_dim": 0 if privileged else model.cfg.state_dim,
+            "state_dim": 0 if privileged else robot_state_dim,
             "action_dim": model.cfg.robot_action_dim,
             "action_horizon": self.k * self.per,
             "instruction_key": INSTRUCTION_KEY,
@@ -92,9 +103,15 @@ class RepWAMPolicy:
             lat = LatentActionTokenizer.from_pretrained(lat_ref["path"])
             if lat.checkpoint_meta["weights_hash"] != lat_ref["weights_hash"]:
                 raise RepwamError(f"the LAT at {lat_ref['path']} is not the one the WAM {path} was trained on")
+        estimator = None
+        if meta.get("state_key") == EST_STATE_KEY:
+            ref = meta["parents"]["estimator"]
+            estimator = StateEstimator.from_pretrained(ref["path"])
+            if estimator.checkpoint_meta["weights_hash"] != ref["weights_hash"]:
+                raise RepwamError(f"the state estimator at {ref['path']} is not the one the WAM {path} was adapted on")
         spec = meta["text_encoder"]
         text = TextEncoder(spec["name"], max_length=spec.get("max_length"))
-        return cls(model, tokenizer, lat, text, **settings)
+        return cls(model, tokenizer, lat, text, estimator=estimator, **settings)
 
     def fork(self) -> "RepWAMPolicy":
         """A new policy with its own episode state around the same (read-only) modules: one per server connection."""
@@ -125,7 +142,12 @@ class RepWAMPolicy:
         size = self.tokenizer.image_size
         image = torch.stack([image_to_model(obs[cam], size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
-        if self.state_norm is not None:
+        if self.estimator is not None:
+            robot = read_state(obs, STATE_KEY, self.metadata["state_dim"])
+            view = image_to_model(obs[self.estimator.cfg.camera], self.estimator.cfg.image_size)
+            estimate = self.estimator(view[None], self._episode["instruction"])[0].numpy()  # objects and goal as seen
+            state = self.state_norm(np.concatenate([robot, estimate]).astype(np.float32))
+        elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, self.model.cfg.state_dim))
         return image, state
 

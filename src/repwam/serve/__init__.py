@@ -42,6 +42,8 @@ PROTOCOL_VERSION = 1
 IMAGE_PREFIX = "observation.images."
 STATE_KEY = "observation.state"
 ENV_STATE_KEY = "observation.environment_state"  # privileged simulator state (Meta-World's scripted expert)
+# not sent by clients: the robot's state followed by a state estimator's reading of the camera (repwam.policy.estimator)
+EST_STATE_KEY = "observation.estimated_state"
 MAX_ENV_STATE_DIM = 4096
 DEFAULT_INSTRUCTION_KEY = "prompt"
 RESET_KEY = "reset"
@@ -178,7 +180,7 @@ def expected_observation_bytes(metadata: Mapping[str, Any]) -> int:
 
 
 __all__ = [
-    "DEFAULT_INSTRUCTION_KEY", "DEFAULT_MAX_PROMPT_CHARS", "ENV_STATE_KEY", "IMAGE_PREFIX", "PROTOCOL_VERSION",
+    "DEFAULT_INSTRUCTION_KEY", "DEFAULT_MAX_PROMPT_CHARS", "ENV_STATE_KEY", "EST_STATE_KEY", "IMAGE_PREFIX", "PROTOCOL_VERSION",
     "RESET_KEY", "STATE_KEY", "ProtocolError", "accepted_keys", "expected_observation_bytes", "image_hw", "image_keys",
     "instruction_key", "validate_actions", "validate_observation", "validate_prompt",
 ]

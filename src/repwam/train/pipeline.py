@@ -35,6 +35,10 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  (`--state-key observation.environment_state`), so the objects' and the goal's positions need no
                  perception; shares repwam's pretraining. With plain_goal it separates "cannot see" from "cannot act"
                  for the world action model's action expert
+    repwam_est   repwam whose state token reads the robot's state followed by the simulator observation as a state
+                 estimator reads it from the camera (`repwam train estimator`: ridge on the frozen teacher's
+                 features, fitted on the demonstrations' simulator state, cross-fitted estimates in training);
+                 deployable (camera and robot state only), privileged in training; shares repwam's pretraining
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -58,10 +62,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from repwam.errors import RepwamError
-from repwam.serve import ENV_STATE_KEY
+from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
-        "repwam_aux", "first_frame", "repwam_goal", "teacher")
+        "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est")  # by `repwam train plain`; runs plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
@@ -248,14 +252,25 @@ class Pipeline:
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         first = ["--first-frame-context"] if row == "first_frame" else []
         goal = ["--state-key", ENV_STATE_KEY] if row == "repwam_goal" else []
-        shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal")
+        needs = [self.dataset()]
+        if row == "repwam_est":
+            needs.append(self.estimator())
+            goal = ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
+        shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed, data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
                            ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first,
                             *goal],
-                           [pre, self.dataset()], seed, share="adapt")
+                           [pre, *needs], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
+
+    def estimator(self) -> str:
+        """The state estimator of the repwam_est row, fitted on the demonstrations (first camera)."""
+        out = self.run_dir("estimator")
+        camera = self.cfg.cameras.split(",")[0].strip()
+        return self.add("train-estimator", ["train", "estimator", "--data", self.data, "--out", out, "--camera", camera],
+                        out / "finished", [self.dataset()])
 
     def inspect(self, tok_recipe: str, wam_run: str) -> list[str]:
         """Evaluation jobs for the report: the tokenizer table, the latent-action table and imagined futures."""

@@ -24,7 +24,7 @@ from repwam.lat.data import label_dataset
 from repwam.lat.model import LatentActionTokenizer
 from repwam.tokenizer.tokenize import load_tokenizer, tokenize_dataset, tokenizer_ref
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
-from repwam.serve import ENV_STATE_KEY, STATE_KEY
+from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY
 from repwam.wam.data import TextTable, WAMClips
 from repwam.wam.model import WAMConfig, WorldActionModel
 from repwam.wam.text import TextEncoder
@@ -42,8 +42,10 @@ class WAMTrainConfig:
     use_latent_actions: bool = True  # False: no ℓ stream at all (the "no latent actions" variant)
     use_state: bool = True  # adapt / joint: the proprioceptive state enters as a token per latent frame (as π0)
     # what the state token reads: the robot's state, or ENV_STATE_KEY (the whole simulator observation: object and
-    # goal poses) for a privileged reference that needs no perception of the objects (as the plain policy's state_key)
+    # goal poses) for a privileged reference that needs no perception of the objects (as the plain policy's state_key),
+    # or EST_STATE_KEY: the robot's state followed by `estimator`'s reading of the camera (cross-fitted in training)
     state_key: str = STATE_KEY
+    estimator: str | None = None  # a `repwam train estimator` checkpoint, fitted on the adaptation data
     # adapt / joint: the state tokens also regress this privileged key of their frame, a training target only
     # (WAMConfig.aux_dim; ENV_STATE_KEY: the simulator's object and goal poses); None: off
     aux_key: str | None = None
@@ -68,12 +70,16 @@ class WAMTrainConfig:
             raise RepwamError(f"aux_key must be {ENV_STATE_KEY!r} or unset, got {self.aux_key!r}")
         if self.aux_key is not None and not (self.robot and self.use_state):
             raise RepwamError("aux_key is read out of the state tokens: it needs --stage adapt or joint with use_state")
-        if self.state_key not in (STATE_KEY, ENV_STATE_KEY):
-            raise RepwamError(f"state_key must be {STATE_KEY!r} or {ENV_STATE_KEY!r}, got {self.state_key!r}")
+        if self.state_key not in (STATE_KEY, ENV_STATE_KEY, EST_STATE_KEY):
+            raise RepwamError(f"state_key must be {STATE_KEY!r}, {ENV_STATE_KEY!r} or {EST_STATE_KEY!r}, "
+                              f"got {self.state_key!r}")
+        if (self.state_key == EST_STATE_KEY) != bool(self.estimator):
+            raise RepwamError(f"--estimator DIR goes with --state-key {EST_STATE_KEY} (its estimates feed the state "
+                              "token), and that key needs one")
         if self.state_key != STATE_KEY and not (self.robot and self.use_state):
             raise RepwamError("state_key feeds the state token: it needs --stage adapt or joint with use_state")
-        if self.aux_key is not None and self.state_key == ENV_STATE_KEY:
-            raise RepwamError("aux_key reads the simulator state the model already gets as state_key: pick one")
+        if self.aux_key is not None and self.state_key != STATE_KEY:
+            raise RepwamError("aux_key is a target beside the robot's own state: it does not go with another state_key")
         if self.aux_weight < 0:
             raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
     @property
@@ -114,8 +120,13 @@ class WAMStage(Stage):
                           lat=cfg.lat or (parents.get("lat") or {}).get("path", ""))
         self.cfg, self.data = cfg, [str(d) for d in data]
         self.tok, self.lat = prepare_caches(cfg.tokenizer, cfg.lat, data, progress)
+        self.estimator, estimates = None, None
+        if cfg.estimator:
+            from repwam.train.estimator import crossfit_estimates, estimator_ref
+
+            self.estimator, estimates = estimator_ref(cfg.estimator), crossfit_estimates(cfg.estimator, data)
         common = dict(clip_frames=cfg.clip_frames, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed,
-                      robot=cfg.robot, aux=cfg.aux_key is not None, state_key=cfg.state_key)
+                      robot=cfg.robot, aux=cfg.aux_key is not None, state_key=cfg.state_key, estimates=estimates)
         self.train_set = WAMClips(data, self.tok["weights_hash"], self.lat["weights_hash"], split="train", **common)
         norms = dict(ell_norm=self.train_set.ell_norm)
         if cfg.robot:
@@ -199,7 +210,8 @@ class WAMStage(Stage):
                      "state_key": self.cfg.state_key}
         return {
             **robot,
-            "parents": {"tokenizer": self.tok, "lat": self.lat},
+            "parents": {"tokenizer": self.tok, "lat": self.lat,
+                        **({"estimator": self.estimator} if self.estimator else {})},
             "stage": self.cfg.stage,
             "text_encoder": self.text_spec,
             "ell_stats": self.train_set.ell_norm.to_dict(),

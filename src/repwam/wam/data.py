@@ -32,6 +32,7 @@ from repwam.data.transforms import Normalizer
 from repwam.errors import RepwamError
 from repwam.lat.data import load_labels, valid_latent_frames
 from repwam.serve import ENV_STATE_KEY as ENV_STATE
+from repwam.serve import EST_STATE_KEY, STATE_KEY
 from repwam.tokenizer.tokenize import load_latents
 
 
@@ -74,7 +75,8 @@ class WAMClips(torch.utils.data.Dataset):
     def __init__(self, roots: list[str | Path], tokenizer_hash: str, lat_hash: str, *, clip_frames: int = 6,
                  split: str = "all", val_fraction: float = 0.1, split_seed: int = 0, ell_norm: Normalizer | None = None,
                  robot: bool = False, action_norm: Normalizer | None = None, state_norm: Normalizer | None = None,
-                 aux: bool = False, aux_norm: Normalizer | None = None, state_key: str = "observation.state"):
+                 aux: bool = False, aux_norm: Normalizer | None = None, state_key: str = "observation.state",
+                 estimates: dict[str, np.ndarray] | None = None):
         if clip_frames < 2:
             raise RepwamError(f"clip_frames must be >= 2 (one transition), got {clip_frames}")
         self.datasets = [LeRobotDataset(r) for r in roots]
@@ -94,15 +96,21 @@ class WAMClips(torch.utils.data.Dataset):
         self.stride, self.tp = int(self.z_meta["frame_stride"]), int(self.z_meta["temporal_patch"])
         self.ell_norm = ell_norm or Normalizer.from_dict(self.lat_meta["stats"])
         self.robot = robot
+        # EST_STATE_KEY: the robot's state followed by a state estimator's cross-fitted estimate of the frame
+        estimated = state_key == EST_STATE_KEY
+        if estimated and estimates is None:
+            raise RepwamError(f"state_key {EST_STATE_KEY!r} reads a state estimator's cross-fitted estimates: "
+                              "pass them (repwam.train.estimator.crossfit_estimates)")
+        read_key = STATE_KEY if estimated else state_key
         if robot:
             missing = [str(ds.root) for ds in self.datasets if "action" not in ds.features or
-                       state_key not in ds.features]
+                       read_key not in ds.features]
             if missing:
-                raise RepwamError(f"robot-action training needs `action` and `{state_key}` in every dataset; "
+                raise RepwamError(f"robot-action training needs `action` and `{read_key}` in every dataset; "
                                   f"missing in {missing}")
             self.action_norm = action_norm or dataset_stats(self.datasets, "action")
             floor = ENV_STATE_MIN_STD if state_key == ENV_STATE else 0.0
-            self.state_norm = state_norm or dataset_stats(self.datasets, state_key, floor)
+            self.state_norm = state_norm or (None if estimated else dataset_stats(self.datasets, state_key, floor))
             self.actions, self.states = {}, {}
         self.aux_norm, self.env_states = None, {}
         if aux:
@@ -114,18 +122,26 @@ class WAMClips(torch.utils.data.Dataset):
                 raise RepwamError(f"the read-out's target is normalised with meta/stats.json: some dataset has no "
                                   f"stats of `{ENV_STATE}` (regenerate it with repwam data generate)")
         self.index = []
+        starts = [np.cumsum([0] + [ds.episode_length(e) for e in range(ds.num_episodes)]) if estimated else None
+                  for ds in self.datasets]
         for d, e in split_episodes(self.datasets, split, val_fraction, split_seed):
             n_valid = valid_latent_frames(self.valid[d][e], self.tp)
             data = self.datasets[d].episode_data(e) if robot or aux else None
             if robot:
                 self.actions[(d, e)] = np.asarray(data["action"], np.float32)
-                self.states[(d, e)] = np.asarray(data[state_key], np.float32)
+                self.states[(d, e)] = np.asarray(data[read_key], np.float32)
+                if estimated:
+                    est = estimates[str(Path(self.datasets[d].root).resolve())][starts[d][e] : starts[d][e + 1]]
+                    self.states[(d, e)] = np.concatenate([self.states[(d, e)], est], 1).astype(np.float32)
             if aux:
                 self.env_states[(d, e)] = np.asarray(data[ENV_STATE], np.float32)
             for s in range(0, max(n_valid - 1, 0)):  # every start with at least one real transition
                 self.index.append((d, e, s))
         if not self.index:
             raise RepwamError(f"no clip with a real transition in the {split} episodes")
+        if robot and self.state_norm is None:  # the estimates have no stats.json: from these episodes' frames
+            st = np.concatenate(list(self.states.values()))
+            self.state_norm = Normalizer(st.mean(0).tolist(), np.maximum(st.std(0), ENV_STATE_MIN_STD).tolist())
         self.instructions = sorted({t for ts in self.tasks for t in ts})
 
     @property

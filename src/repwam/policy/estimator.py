@@ -1,0 +1,113 @@
+"""StateEstimator: the objects' and the goal's positions read from the camera by a linear map on the frozen teacher.
+
+Told where the objects and the goal are (the simulator's observation as its state token), the world action model
+succeeds on tasks it fails from the camera alone; the positions are in the frozen teacher's features (a ridge
+read-out of them places push's 2-cm puck to ~1.7 cm from 20 layouts), but the action expert does not extract them
+precisely from 20 demonstrations per task. This module makes that read-out explicit: a ridge map, fitted on the
+demonstrations' privileged simulator state (`repwam train estimator`), from the teacher's features of one camera
+frame to the simulator's observation. The state token of a WAM adapted with `--state-key observation.estimated_state`
+reads the robot's state followed by this estimate; deployed, only the camera and the robot's state are needed.
+(Privileged information at training time only, as in asymmetric / teacher-student robot learning.)
+
+    image (N, 3, S, S) in [-1, 1] -> teacher maps -> latent grid (N, L, C) -> flatten (N, L·C) -> standardise
+    -> @ weight[task] (L·C, D) + bias[task] -> estimate (N, D) in the simulator's units
+
+One map per task (the instruction names it; `tasks` lists them), or one for all when `tasks` is empty: what a
+position looks like differs between tasks (a puck, a peg, a goal in the air), and the instruction is an input anyway.
+
+The teacher is referenced by name in config.json (never copied); the weights file holds the scaler and the map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from repwam.checkpoint import Pretrained
+from repwam.config import ModelConfig
+from repwam.errors import RepwamError
+from repwam.serve import EST_STATE_KEY  # noqa: F401  (what a state token reads: the robot's state, then this estimate)
+from repwam.tokenizer.teachers import build_teacher
+from repwam.tokenizer.teachers.base import teacher_targets
+
+
+@dataclass
+class EstimatorConfig(ModelConfig):
+    teacher: str = "efficientnet-lite0"
+    teacher_layer: str | None = "stage5"
+    teacher_input_size: int | None = 128
+    grid: tuple[int, int] = (8, 8)  # the teacher's maps are averaged onto this grid (the tokenizer's latent grid)
+    feature_dim: int = 0  # grid tokens x teacher channels
+    target_dim: int = 39  # the simulator observation's size (Meta-World: 39)
+    camera: str = "observation.images.corner3"  # the view it reads
+    image_size: int = 64  # the frames it was fitted on
+    tasks: tuple[str, ...] = ()  # one map per task instruction; empty: one map for every task
+
+    def __post_init__(self):
+        self.grid = tuple(int(g) for g in self.grid)
+        self.tasks = tuple(self.tasks)
+        if self.target_dim < 1:
+            raise RepwamError(f"target_dim must be >= 1, got {self.target_dim}")
+
+    @classmethod
+    def presets(cls) -> dict:
+        return {"tiny": cls()}
+
+    def teacher_kwargs(self) -> dict:
+        kw = {"layer": self.teacher_layer} if self.teacher_layer else {}
+        if self.teacher_input_size:
+            kw["input_size"] = self.teacher_input_size
+        return kw
+
+
+class StateEstimator(Pretrained, nn.Module):
+    """image (N, 3, S, S) in [-1, 1] (+ the task's instruction) -> the simulator observation's estimate (N, D)."""
+
+    checkpoint_type = "repwam.state_estimator"
+    config_class = EstimatorConfig
+    config_key = "estimator"
+
+    def __init__(self, cfg: EstimatorConfig):
+        super().__init__()
+        self.cfg = cfg
+        teacher = build_teacher(cfg.teacher, **cfg.teacher_kwargs())
+        if teacher is None:
+            raise RepwamError("the state estimator reads a teacher's features: teacher 'none' has none")
+        self.__dict__["teacher"] = teacher.freeze()  # not a submodule: its weights are never saved here
+        if cfg.feature_dim and cfg.feature_dim != teacher.dim * cfg.grid[0] * cfg.grid[1]:
+            raise RepwamError(f"feature_dim {cfg.feature_dim} != {teacher.dim} teacher channels x grid {cfg.grid}")
+        f, d, t = cfg.feature_dim or teacher.dim * cfg.grid[0] * cfg.grid[1], cfg.target_dim, max(len(cfg.tasks), 1)
+        self.register_buffer("feat_mean", torch.zeros(f))
+        self.register_buffer("feat_std", torch.ones(f))
+        self.register_buffer("weight", torch.zeros(t, f, d))
+        self.register_buffer("bias", torch.zeros(t, d))
+
+    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the teacher too
+        self.__dict__["teacher"] = self.teacher._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) in [-1, 1] -> (N, L·C): the teacher's maps on the grid, token-major as the feature cache
+        (`repwam.tokenizer.tokenize.teacher_cache`) holds them, rounded to its float16."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise RepwamError(f"the state estimator takes images (N, 3, S, S), got {tuple(images.shape)}")
+        maps = self.teacher(images.float())  # (N, C, h, w)
+        return teacher_targets(maps[:, None], self.cfg.grid)[:, 0].half().float().flatten(1)  # (N, L·C)
+
+    def task_index(self, task: str | None) -> int:
+        if not self.cfg.tasks:
+            return 0
+        if task not in self.cfg.tasks:
+            raise RepwamError(f"the state estimator has a map for the tasks {list(self.cfg.tasks)}, not {task!r}")
+        return self.cfg.tasks.index(task)
+
+    def predict(self, features: torch.Tensor, task: str | None = None) -> torch.Tensor:
+        """(N, L·C) teacher features of frames of `task` -> (N, target_dim)."""
+        i = self.task_index(task)
+        return ((features.float() - self.feat_mean) / self.feat_std) @ self.weight[i] + self.bias[i]
+
+    def forward(self, images: torch.Tensor, task: str | None = None) -> torch.Tensor:
+        return self.predict(self.features(images), task)

@@ -1,0 +1,96 @@
+"""The state estimator: ridge on the frozen teacher's features, cross-fitted (repwam.policy.estimator,
+repwam.train.estimator)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from repwam.errors import RepwamError
+from repwam.train.estimator import EstimatorTrainConfig, crossfit_estimates, crossfit_ridge, fit_estimator, ridge_path
+
+
+@pytest.mark.parametrize("n,f", [(40, 12), (12, 40)])  # the primal and the dual form
+def test_ridge_path_solves_the_normal_equations(n, f):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, f, generator=g, dtype=torch.float64), torch.randn(n, 3, generator=g, dtype=torch.float64)
+    w, b = ridge_path(x, y, [0.3, 30.0])
+    for i, a in enumerate([0.3, 30.0]):
+        xc, yc = x - x.mean(0), y - y.mean(0)
+        ref = torch.linalg.solve(xc.T @ xc + a * torch.eye(f, dtype=x.dtype), xc.T @ yc)
+        torch.testing.assert_close(w[i], ref)
+        torch.testing.assert_close(b[i], y.mean(0) - x.mean(0) @ ref)
+
+
+def test_crossfit_estimates_never_see_their_own_fold():
+    """Changing the targets of fold 0's rows leaves fold 0's out-of-fold estimates unchanged (for every alpha) and
+    moves the others' (they were fitted on fold 0)."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 8, generator=g, dtype=torch.float64), torch.randn(60, 2, generator=g, dtype=torch.float64)
+    fold = np.repeat(np.arange(3), 20)
+    fit_rows = np.ones(60, bool)
+    fit_rows[::5] = False  # rows outside the fit are still predicted
+    a = crossfit_ridge(x, y, fold, fit_rows, [0.1, 10.0])
+    y2 = y.clone()
+    y2[fold == 0] += 5 * torch.randn(20, 2, generator=g, dtype=torch.float64)
+    b = crossfit_ridge(x, y2, fold, fit_rows, [0.1, 10.0])
+    assert a.shape == (2, 60, 2)
+    torch.testing.assert_close(a[:, fold == 0], b[:, fold == 0])
+    assert (a[:, fold != 0] - b[:, fold != 0]).abs().max() > 1e-3
+
+
+def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, tmp_path):
+    """Fitted on the tiny dataset: the saved estimator, run on camera frames, gives what the ridge map gives on the
+    cached teacher features; the cross-fitted estimates cover every frame and are not the in-sample fit; a WAM can
+    ask for them by dataset only where the estimator was fitted."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.data.transforms import frames_to_model
+    from repwam.policy.estimator import StateEstimator
+    from repwam.serve import ENV_STATE_KEY
+    from repwam.tokenizer.teachers import build_teacher
+    from repwam.tokenizer.tokenize import teacher_cache
+
+    with pytest.raises(RepwamError, match="folds must be >= 2"):
+        EstimatorTrainConfig(folds=1)
+    with pytest.raises(RepwamError, match="no camera"):
+        fit_estimator([tiny_dataset], tmp_path / "x", EstimatorTrainConfig(camera="topview", folds=3), progress=False)
+    with pytest.raises(RepwamError, match="at least 4 episodes per task"):
+        fit_estimator([tiny_dataset], tmp_path / "x", EstimatorTrainConfig(folds=4), progress=False)
+
+    out = tmp_path / "est"
+    report = fit_estimator([tiny_dataset], out, EstimatorTrainConfig(folds=3, frame_stride=2), progress=False)
+    ds = LeRobotDataset(tiny_dataset)
+    tasks = sorted({ds.episode_task(e) for e in range(ds.num_episodes)})
+    assert set(report["cv_error_cm"]) == {"hand", "object", "goal"} and set(report["cv_error_cm_per_task"]) == set(tasks)
+    assert report["maps"] == tasks and all(set(a) <= set(report["alphas"]) for a in report["alpha_per_dim"])
+    assert json.loads((out / "fit.json").read_text())["maps"] == tasks
+    model = StateEstimator.from_pretrained(out)
+    assert model.cfg.camera == ds.camera_keys[0] and model.cfg.target_dim == 39 and model.cfg.tasks == tuple(tasks)
+    with pytest.raises(RepwamError, match="has a map for the tasks"):
+        model.predict(torch.zeros(1, model.cfg.feature_dim), "open the window")
+
+    frames = torch.from_numpy(ds.episode_frames(1, ds.camera_keys[0])[:6]).permute(0, 3, 1, 2)
+    cached = teacher_cache(ds.root, build_teacher("efficientnet-lite0", layer="stage5", input_size=128), (8, 8),
+                           progress=False)
+    start, task = ds.episode_length(0), ds.episode_task(1)
+    from_cache = model.predict(cached[start : start + 6].flatten(1).float(), task)
+    torch.testing.assert_close(model(frames_to_model(frames), task), from_cache, atol=1e-3, rtol=1e-3)
+
+    est = crossfit_estimates(out, [tiny_dataset])[str(ds.root.resolve())]
+    assert est.shape == (ds.num_frames, 39) and np.isfinite(est).all()
+    offsets = np.cumsum([0] + [ds.episode_length(e) for e in range(ds.num_episodes)])
+    in_sample = np.concatenate([model.predict(cached[offsets[e] : offsets[e + 1]].flatten(1).float(),
+                                              ds.episode_task(e)).numpy() for e in range(ds.num_episodes)])
+    assert np.abs(est - in_sample).max() > 1e-3  # held out, not the final fit
+    env = np.concatenate([ds.episode_data(e)[ENV_STATE_KEY] for e in range(ds.num_episodes)])
+    assert np.abs(in_sample - env).mean() < np.abs(est - env).mean()  # the final fit has seen every frame
+    with pytest.raises(RepwamError, match="was fitted on"):
+        crossfit_estimates(out, [tmp_path])
+    with pytest.raises(RepwamError, match="takes images"):
+        model(torch.zeros(3, 64, 64), task)
+    pooled = fit_estimator([tiny_dataset], tmp_path / "pooled", EstimatorTrainConfig(folds=3, per_task=False),
+                           progress=False)
+    assert pooled["maps"] == ["all tasks"] and StateEstimator.from_pretrained(tmp_path / "pooled").weight.shape[0] == 1

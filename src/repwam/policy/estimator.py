@@ -29,7 +29,7 @@ from repwam.checkpoint import Pretrained
 from repwam.config import ModelConfig
 from repwam.errors import RepwamError
 from repwam.serve import EST_STATE_KEY  # noqa: F401  (what a state token reads: the robot's state, then this estimate)
-from repwam.tokenizer.teachers import build_teacher
+from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.tokenizer.teachers.base import teacher_targets
 
 
@@ -55,12 +55,6 @@ class EstimatorConfig(ModelConfig):
     def presets(cls) -> dict:
         return {"tiny": cls()}
 
-    def teacher_kwargs(self) -> dict:
-        kw = {"layer": self.teacher_layer} if self.teacher_layer else {}
-        if self.teacher_input_size:
-            kw["input_size"] = self.teacher_input_size
-        return kw
-
 
 class StateEstimator(Pretrained, nn.Module):
     """image (N, 3, S, S) in [-1, 1] (+ the task's instruction) -> the simulator observation's estimate (N, D)."""
@@ -72,7 +66,7 @@ class StateEstimator(Pretrained, nn.Module):
     def __init__(self, cfg: EstimatorConfig):
         super().__init__()
         self.cfg = cfg
-        teacher = build_teacher(cfg.teacher, **cfg.teacher_kwargs())
+        teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
         if teacher is None:
             raise RepwamError("the state estimator reads a teacher's features: teacher 'none' has none")
         self.__dict__["teacher"] = teacher.freeze()  # not a submodule: its weights are never saved here

@@ -27,7 +27,7 @@ from repwam.checkpoint import Pretrained
 from repwam.config import ModelConfig
 from repwam.errors import RepwamError
 from repwam.tokenizer.model import EncoderStream, VisualTokenizer
-from repwam.tokenizer.teachers import build_teacher, teacher_spec
+from repwam.tokenizer.teachers import build_teacher, teacher_options, teacher_spec
 from repwam.tokenizer.teachers.base import teacher_targets
 
 
@@ -66,10 +66,7 @@ class FrozenTeacherTokenizer(VisualTokenizer, Pretrained, nn.Module):
     def __init__(self, cfg: FrozenTeacherConfig):
         super().__init__()
         self.cfg = cfg
-        kw = {"layer": cfg.teacher_layer} if cfg.teacher_layer else {}
-        if cfg.teacher_input_size:
-            kw["input_size"] = cfg.teacher_input_size
-        teacher = build_teacher(cfg.teacher, **kw)
+        teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
         if teacher is None:
             raise RepwamError("the frozen-teacher tokenizer needs a teacher (teacher 'none' has no features)")
         if cfg.latent_dim is None:

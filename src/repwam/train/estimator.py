@@ -30,7 +30,7 @@ from repwam.data.lerobot import LeRobotDataset, camera_key
 from repwam.errors import RepwamError
 from repwam.policy.estimator import EstimatorConfig, StateEstimator
 from repwam.serve import ENV_STATE_KEY
-from repwam.tokenizer.teachers import build_teacher
+from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.tokenizer.tokenize import teacher_cache
 
 MIN_STD = 1e-2  # constant simulator dims (a second object's pose in a task set) are not blown up
@@ -122,7 +122,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     model_cfg = EstimatorConfig(teacher=cfg.teacher, teacher_layer=cfg.teacher_layer,
                                 teacher_input_size=cfg.teacher_input_size, grid=cfg.grid, camera=camera,
                                 image_size=sizes.pop(), tasks=tuple(tasks) if cfg.per_task else ())
-    teacher = build_teacher(cfg.teacher, **model_cfg.teacher_kwargs())
+    teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
     feats, targets, starts = [], [], []
     for ds in datasets:
         f = teacher_cache(ds.root, teacher, cfg.grid, progress=progress, camera=camera)  # (num_frames, L, C) fp16

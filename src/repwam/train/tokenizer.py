@@ -23,7 +23,7 @@ from repwam.errors import RepwamError
 from repwam.eval.metrics import clip_psnr, recon_grid
 from repwam.tokenizer.losses import AlignHead, TokenizerLoss, teacher_cosine
 from repwam.tokenizer.model import RepViTok, TokenizerConfig
-from repwam.tokenizer.teachers import build_teacher, teacher_spec
+from repwam.tokenizer.teachers import build_teacher, teacher_options, teacher_spec
 from repwam.tokenizer.tokenize import clip_targets, teacher_cache
 from repwam.train.trainer import OptimConfig, Stage, run_record, run_stage, val_subset
 
@@ -105,9 +105,8 @@ class TokenizerStage(Stage):
             )
         self.align_head, self.spec = None, {"name": "none"}
         if cfg.aligned:
-            kw = {k: v for k, v in (("layer", cfg.teacher_layer), ("path_or_id", cfg.teacher_path),
-                                    ("input_size", cfg.teacher_input_size)) if v is not None}
-            teacher = build_teacher(cfg.teacher, **kw)
+            teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size,
+                                                                   cfg.teacher_path))
             self.spec = teacher_spec(teacher)
             feats = [{cam: teacher_cache(root, teacher, self.grid, progress=progress, camera=cam)
                       for cam in self.train_set.cameras} for root in data]

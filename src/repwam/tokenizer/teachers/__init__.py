@@ -87,6 +87,11 @@ def available_teachers() -> list[str]:
     return ["none", *_BUILDERS]
 
 
+def teacher_options(layer: str | None = None, input_size: int | None = None, path: str | None = None) -> dict:
+    """The `build_teacher` keywords of a config's teacher fields, the unset ones left out (the teacher's defaults)."""
+    return {k: v for k, v in (("layer", layer), ("path_or_id", path), ("input_size", input_size)) if v}
+
+
 def build_teacher(name: str, **kw) -> Teacher | None:
     """Build a frozen teacher by name; "none" -> None. kw: layer, path_or_id (alias: path), and
     teacher-specific options (input_size, input_norm, model_name). See the module docstring."""

@@ -175,6 +175,21 @@ def test_tok_args_reach_every_tokenizer_and_another_value_under_the_same_out_is_
                                             [0]).jobs["train-tok_default"].args
 
 
+def test_estimator_layouts_feed_the_estimator_only_and_another_value_is_refused(tmp_path):
+    cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, estimator_layouts_per_task=40)
+    jobs = ablation(tmp_path, cfg, ["repwam", "repwam_est"], [0]).jobs
+    gen = jobs["data-layouts"].args
+    assert gen[gen.index("--seed") + 1] == "1" and gen[gen.index("--episodes-per-task") + 1] == "40"
+    est = jobs["train-estimator"]
+    assert est.needs == ["data", "data-layouts"]
+    assert [est.args[i + 1] for i, a in enumerate(est.args) if a == "--data"] == [str(jobs["data"].done.parent.parent),
+                                                                                 gen[gen.index("--out") + 1]]
+    assert not any("data-layouts" in j.needs for n, j in jobs.items() if n != "train-estimator")
+    assert "data-layouts" not in ablation(tmp_path / "none", PipelineConfig(tasks="reach-v3"), ["repwam_est"], [0]).jobs
+    with pytest.raises(RepwamError, match="estimator_layouts_per_task=40; this asks for estimator_layouts_per_task=0"):
+        ablation(tmp_path, PipelineConfig(tasks="reach-v3", episodes_per_task=5), ["repwam_est"], [0])
+
+
 def test_pretraining_videos_feed_the_tokenizer_lat_and_pretraining_and_demonstrations_the_rest(tmp_path):
     cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, video_episodes_per_task=50)
     p = ablation(tmp_path, cfg, ["repwam", "joint", "plain"], [0])

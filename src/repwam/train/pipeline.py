@@ -107,6 +107,11 @@ class PipelineConfig:
     # after the row's recipe and override it (an --align-weight would undo the recon row's 0). A run under --out
     # records them (pipeline.json) and another value there is refused (its tokenizers are trained)
     tok_args: str = ""
+    # > 0: the repwam_est row's state estimator is fitted on the demonstrations and on this many more episodes per
+    # task generated with another base seed (`repwam data generate --seed 1`: layouts that are neither the
+    # demonstrations' nor evaluation's), their simulator state read as labels and their actions never; only the
+    # estimator sees them (perception data, which a simulator gives for free). Recorded like tok_args
+    estimator_layouts_per_task: int = 0
     # wall-time target (minutes) for one row's chain data -> ... -> evaluation: every training stage gets a share of
     # it (BUDGET_SHARES, after FIXED_MINUTES for the rest) as optim.minutes, its steps raised to STEPS_CAP_FACTOR x
     # the settings above as the cap, so the stages train for as long as the budget allows (None: the step counts)
@@ -266,11 +271,21 @@ class Pipeline:
         return self.evaluate(f"wam_{tag}", [adapt])
 
     def estimator(self) -> str:
-        """The state estimator of the repwam_est row, fitted on the demonstrations (first camera)."""
-        out = self.run_dir("estimator")
-        camera = self.cfg.cameras.split(",")[0].strip()
-        return self.add("train-estimator", ["train", "estimator", "--data", self.data, "--out", out, "--camera", camera],
-                        out / "finished", [self.dataset()])
+        """The state estimator of the repwam_est row, fitted on the demonstrations (first camera) and, with
+        estimator_layouts_per_task, on that many more layouts per task of another base seed."""
+        c, out = self.cfg, self.run_dir("estimator")
+        camera = c.cameras.split(",")[0].strip()
+        data, needs = ["--data", self.data], [self.dataset()]
+        if c.estimator_layouts_per_task:
+            layouts = self.data.with_name(self.data.name + f"@layouts{c.estimator_layouts_per_task}seed1")
+            self._check_dataset(layouts, c.estimator_layouts_per_task)
+            needs.append(self.add("data-layouts", ["data", "generate", "--tasks", c.tasks, "--episodes-per-task",
+                                                   c.estimator_layouts_per_task, "--seed", 1, "--camera", c.cameras,
+                                                   "--image-size", c.image_size, "--out", layouts],
+                                  layouts / "meta" / "info.json"))
+            data += ["--data", layouts]
+        return self.add("train-estimator", ["train", "estimator", *data, "--out", out, "--camera", camera],
+                        out / "finished", needs)
 
     def inspect(self, tok_recipe: str, wam_run: str) -> list[str]:
         """Evaluation jobs for the report: the tokenizer table, the latent-action table and imagined futures."""
@@ -441,9 +456,11 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     check_rows(rows)
     p = Pipeline(out, cfg)
     f = p.out / "pipeline.json"
-    if f.exists() and (was := json.loads(f.read_text())["config"].get("tok_args", "")) != cfg.tok_args:
-        raise RepwamError(f"{p.out} holds tokenizers trained with tok_args={was!r}; this asks for "
-                          f"tok_args={cfg.tok_args!r}: use another --out")
+    was = json.loads(f.read_text())["config"] if f.exists() else {}
+    for key, what in (("tok_args", "tokenizers trained"), ("estimator_layouts_per_task", "a state estimator fitted")):
+        if f.exists() and was.get(key, PipelineConfig.__dataclass_fields__[key].default) != getattr(cfg, key):
+            raise RepwamError(f"{p.out} holds {what} with {key}={was.get(key)!r}; this asks for "
+                              f"{key}={getattr(cfg, key)!r}: use another --out")
     for row in rows:
         for seed in seeds:
             p.row(row, seed)

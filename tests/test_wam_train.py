@@ -368,7 +368,11 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     policy = load_policy(ckpt, chunk=1)
     assert not policy.metadata["privileged"] and policy.metadata["state_dim"] == 4
     policy.reset(ds.episode_task(0))
-    for t in range(5):
+    calls = []
+    estimate = policy.estimator.forward
+    policy.estimator.forward = lambda *a: calls.append(1) or estimate(*a)
+    for t in range(9):
         assert np.isfinite(policy.infer(_episode_obs(ds, 0, t))["actions"]).all()
+    assert len(calls) == 3  # frames 0, 4 and 8: the ones whose state the model reads
     with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
         policy.infer({**_episode_obs(ds, 0, 5), "observation.state": robot[0, :2]})

@@ -138,15 +138,18 @@ class RepWAMPolicy:
             "history": [],  # every latent frame appended to the world model's history (observed, never imagined)
         }
 
-    def _encode(self, obs: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, obs: dict, estimate: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The views (V, 3, S, S) and the normalised state token's vector; with a state estimator the estimate is
+        computed only when `estimate` (the frames whose state the model reads), None otherwise."""
         size = self.tokenizer.image_size
         image = torch.stack([image_to_model(obs[cam], size) for cam in self.cameras])  # (V, 3, S, S)
         state = None
         if self.estimator is not None:
             robot = read_state(obs, STATE_KEY, self.metadata["state_dim"])
-            view = image_to_model(obs[self.estimator.cfg.camera], self.estimator.cfg.image_size)
-            estimate = self.estimator(view[None], self._episode["instruction"])[0].numpy()  # objects and goal as seen
-            state = self.state_norm(np.concatenate([robot, estimate]).astype(np.float32))
+            if estimate:
+                view = image_to_model(obs[self.estimator.cfg.camera], self.estimator.cfg.image_size)
+                est = self.estimator(view[None], self._episode["instruction"])[0].numpy()  # objects and goal as seen
+                state = self.state_norm(np.concatenate([robot, est]).astype(np.float32))
         elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, self.model.cfg.state_dim))
         return image, state
@@ -158,8 +161,9 @@ class RepWAMPolicy:
         obs = validate_observation(obs, self.metadata, strict=False)
         ep = self._episode
         t0 = time.perf_counter()
-        image, state = self._encode(obs)
         tp = self.tokenizer.temporal_patch
+        # the state is read at the first frame and at the last frame of each tubelet
+        image, state = self._encode(obs, estimate=ep["t"] == 0 or len(ep["frames"]) == tp - 1)
         out: dict[str, np.ndarray] = {}
         if ep["t"] == 0:
             z0 = self._views_to_tokens(ep["stream"].push(image[:, None]))  # (1, V L, d)

@@ -69,6 +69,8 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     assert json.loads((out / "fit.json").read_text())["maps"] == tasks
     model = StateEstimator.from_pretrained(out)
     assert model.cfg.camera == ds.camera_keys[0] and model.cfg.target_dim == 39 and model.cfg.tasks == tuple(tasks)
+    assert set(model.state_dict()) == {"feat_mean", "feat_std", "weight", "bias"}  # the teacher is named, not saved
+    assert next(StateEstimator.from_pretrained(out).double().teacher.parameters()).dtype == torch.float64  # moves
     with pytest.raises(RepwamError, match="has a map for the tasks"):
         model.predict(torch.zeros(1, model.cfg.feature_dim), "open the window")
 

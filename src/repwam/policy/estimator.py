@@ -30,7 +30,7 @@ from repwam.config import ModelConfig
 from repwam.errors import RepwamError
 from repwam.serve import EST_STATE_KEY  # noqa: F401  (what a state token reads: the robot's state, then this estimate)
 from repwam.tokenizer.teachers import build_teacher, teacher_options
-from repwam.tokenizer.teachers.base import teacher_targets
+from repwam.tokenizer.teachers.base import HoldsTeacher, teacher_targets
 
 
 @dataclass
@@ -56,7 +56,7 @@ class EstimatorConfig(ModelConfig):
         return {"tiny": cls()}
 
 
-class StateEstimator(Pretrained, nn.Module):
+class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
     """image (N, 3, S, S) in [-1, 1] (+ the task's instruction) -> the simulator observation's estimate (N, D)."""
 
     checkpoint_type = "repwam.state_estimator"
@@ -69,7 +69,7 @@ class StateEstimator(Pretrained, nn.Module):
         teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
         if teacher is None:
             raise RepwamError("the state estimator reads a teacher's features: teacher 'none' has none")
-        self.__dict__["teacher"] = teacher.freeze()  # not a submodule: its weights are never saved here
+        self.hold_teacher(teacher)  # not a submodule: its weights are never saved here
         if cfg.feature_dim and cfg.feature_dim != teacher.dim * cfg.grid[0] * cfg.grid[1]:
             raise RepwamError(f"feature_dim {cfg.feature_dim} != {teacher.dim} teacher channels x grid {cfg.grid}")
         f, d, t = cfg.feature_dim or teacher.dim * cfg.grid[0] * cfg.grid[1], cfg.target_dim, max(len(cfg.tasks), 1)
@@ -77,10 +77,6 @@ class StateEstimator(Pretrained, nn.Module):
         self.register_buffer("feat_std", torch.ones(f))
         self.register_buffer("weight", torch.zeros(t, f, d))
         self.register_buffer("bias", torch.zeros(t, d))
-
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the teacher too
-        self.__dict__["teacher"] = self.teacher._apply(fn, *args, **kwargs)
-        return super()._apply(fn, *args, **kwargs)
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from repwam.config import ModelConfig
 from repwam.errors import RepwamError
 from repwam.tokenizer.model import EncoderStream, VisualTokenizer
 from repwam.tokenizer.teachers import build_teacher, teacher_options, teacher_spec
-from repwam.tokenizer.teachers.base import teacher_targets
+from repwam.tokenizer.teachers.base import HoldsTeacher, teacher_targets
 
 
 @dataclass
@@ -56,7 +56,7 @@ class FrozenTeacherConfig(ModelConfig):
         return {"tiny": cls(), "tiny128": cls(image_size=128)}
 
 
-class FrozenTeacherTokenizer(VisualTokenizer, Pretrained, nn.Module):
+class FrozenTeacherTokenizer(HoldsTeacher, VisualTokenizer, Pretrained, nn.Module):
     """frames (B, T, 3, S, S) in [-1, 1] -> z (B, T', L, C): the tokenizer interface, encode-only."""
 
     checkpoint_type = "repwam.teacher_tokenizer"
@@ -74,13 +74,9 @@ class FrozenTeacherTokenizer(VisualTokenizer, Pretrained, nn.Module):
         if teacher.dim != cfg.latent_dim:
             raise RepwamError(f"teacher {cfg.teacher} ({cfg.teacher_layer}) has {teacher.dim} channels, not "
                               f"latent_dim={cfg.latent_dim}")
-        self.__dict__["teacher"] = teacher.freeze()  # not a submodule: its weights are never saved here
+        self.hold_teacher(teacher)  # not a submodule: its weights are never saved here
         spec = json.dumps(teacher_spec(teacher), sort_keys=True).encode()
         self.register_buffer("teacher_spec", torch.tensor(list(spec), dtype=torch.uint8))  # hashes with the teacher
-
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the teacher as well
-        self.__dict__["teacher"] = self.teacher._apply(fn, *args, **kwargs)
-        return super()._apply(fn, *args, **kwargs)
 
     def _latents(self, frames: torch.Tensor) -> torch.Tensor:
         """frames (B, T, C, H, W), T = 1 + tp·k -> z (B, T', L, C)."""

@@ -47,6 +47,19 @@ class Teacher(nn.Module):
         return f"name={self.name!r}, dim={self.dim}, layer={self.layer!r}, path={self.path!r}"
 
 
+class HoldsTeacher:
+    """Mixin for a module that runs a frozen teacher it never saves (the frozen-teacher tokenizer, the state
+    estimator): `hold_teacher` keeps it outside the submodules, so its weights stay out of the state dict and the
+    checkpoint (config.json names it), and `.to(device)` moves it all the same."""
+
+    def hold_teacher(self, teacher: Teacher) -> None:
+        self.__dict__["teacher"] = teacher.freeze()
+
+    def _apply(self, fn, *args, **kwargs):
+        self.__dict__["teacher"] = self.teacher._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+
 def teacher_spec(teacher: Teacher | None) -> dict:
     """What to store in config.json to rebuild the teacher: {"name", "layer", "path", **options}."""
     if teacher is None:

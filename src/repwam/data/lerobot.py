@@ -72,11 +72,6 @@ from repwam.errors import RepwamError
 # The v3.0 spec (values as in lerobot/datasets/utils.py and lerobot/utils/constants.py)
 # ----------------------------------------------------------------------------------------------------------------
 CODEBASE_VERSION = "v3.0"
-
-
-def camera_key(name: str) -> str:
-    """A camera's feature key: "corner3" -> "observation.images.corner3" (a full key is kept as it is)."""
-    return name if name.startswith("observation.images.") else f"observation.images.{name}"
 DEFAULT_CHUNK_SIZE = 1000  # max files per chunk-XXX folder
 DEFAULT_DATA_FILE_SIZE_IN_MB = 100
 DEFAULT_VIDEO_FILE_SIZE_IN_MB = 200
@@ -119,6 +114,11 @@ _RESERVED_PREFIXES = ("stats/", "videos/", "data/", "meta/")
 _IMAGE_ARROW_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])  # HF `datasets.Image()` storage
 # Entries an interrupted or previous dataset write can leave in a root; anything else makes overwrite refuse.
 _DATASET_ENTRIES = {"meta", "data", "videos", "images", "README.md", ".gitattributes"}
+
+
+def camera_key(name: str) -> str:
+    """A camera's feature key: "corner3" -> "observation.images.corner3" (a full key is kept as it is)."""
+    return name if name.startswith("observation.images.") else f"observation.images.{name}"
 
 
 def _next_chunk_file(chunk_index: int, file_index: int, chunks_size: int) -> tuple[int, int]:

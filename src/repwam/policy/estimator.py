@@ -28,7 +28,6 @@ from torch import nn
 from repwam.checkpoint import Pretrained
 from repwam.config import ModelConfig
 from repwam.errors import RepwamError
-from repwam.serve import EST_STATE_KEY  # noqa: F401  (what a state token reads: the robot's state, then this estimate)
 from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.tokenizer.teachers.base import HoldsTeacher, teacher_targets
 
@@ -70,9 +69,9 @@ class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
         if teacher is None:
             raise RepwamError("the state estimator reads a teacher's features: teacher 'none' has none")
         self.hold_teacher(teacher)  # not a submodule: its weights are never saved here
-        if cfg.feature_dim and cfg.feature_dim != teacher.dim * cfg.grid[0] * cfg.grid[1]:
+        f, d, t = teacher.dim * cfg.grid[0] * cfg.grid[1], cfg.target_dim, max(len(cfg.tasks), 1)
+        if cfg.feature_dim and cfg.feature_dim != f:
             raise RepwamError(f"feature_dim {cfg.feature_dim} != {teacher.dim} teacher channels x grid {cfg.grid}")
-        f, d, t = cfg.feature_dim or teacher.dim * cfg.grid[0] * cfg.grid[1], cfg.target_dim, max(len(cfg.tasks), 1)
         self.register_buffer("feat_mean", torch.zeros(f))
         self.register_buffer("feat_std", torch.ones(f))
         self.register_buffer("weight", torch.zeros(t, f, d))

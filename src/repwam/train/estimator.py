@@ -28,13 +28,14 @@ from tqdm import tqdm
 from repwam.checkpoint import read_config, weights_hash
 from repwam.data.lerobot import LeRobotDataset, camera_key
 from repwam.errors import RepwamError
+from repwam.eval.probes import STATE_GROUPS
 from repwam.policy.estimator import EstimatorConfig, StateEstimator
 from repwam.serve import ENV_STATE_KEY
 from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.tokenizer.tokenize import teacher_cache
+from repwam.wam.data import ENV_STATE_MIN_STD
 
-MIN_STD = 1e-2  # constant simulator dims (a second object's pose in a task set) are not blown up
-GROUPS = {"hand": slice(0, 3), "object": slice(4, 7), "goal": slice(36, 39)}  # Meta-World's 39-d observation
+POSITIONS = {k: STATE_GROUPS[k] for k in ("hand", "object", "goal")}  # the 3-D positions of Meta-World's observation
 
 
 @dataclass
@@ -123,13 +124,12 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
                                 teacher_input_size=cfg.teacher_input_size, grid=cfg.grid, camera=camera,
                                 image_size=sizes.pop(), tasks=tuple(tasks) if cfg.per_task else ())
     teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
-    feats, targets, starts = [], [], []
+    feats, targets = [], []
     for ds in datasets:
         f = teacher_cache(ds.root, teacher, cfg.grid, progress=progress, camera=camera)  # (num_frames, L, C) fp16
         feats.append(f.flatten(1).float())
         targets.append(torch.cat([torch.from_numpy(np.array(ds.episode_data(e)[ENV_STATE_KEY], np.float32))
                                   for e in range(ds.num_episodes)]))
-        starts.append(np.cumsum([0] + [ds.episode_length(e) for e in range(ds.num_episodes)]))
     del teacher
     x_all, y_all = torch.cat(feats), torch.cat(targets)  # (N, F), (N, D)
     offsets = np.cumsum([0] + [len(f) for f in feats])
@@ -139,7 +139,8 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     fit_rows = np.zeros(len(x_all), bool)
     for d, ds in enumerate(datasets):
         for e in range(ds.num_episodes):
-            lo, hi = offsets[d] + starts[d][e], offsets[d] + starts[d][e + 1]
+            lo = offsets[d] + int(ds.episodes[e]["dataset_from_index"])
+            hi = lo + ds.episode_length(e)
             fold[lo:hi] = fold_of[d][e]
             group[lo:hi] = tasks.index(ds.episode_task(e)) if cfg.per_task else 0
             fit_rows[lo : hi : cfg.frame_stride] = True
@@ -147,7 +148,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         raise RepwamError(f"{cfg.folds} folds need at least {cfg.folds} episodes per task")
 
     feat_mean, feat_std = x_all.mean(0), x_all.std(0).clamp_min(1e-6)
-    y_mean, y_std = y_all.mean(0), y_all.std(0).clamp_min(MIN_STD)
+    y_mean, y_std = y_all.mean(0), y_all.std(0).clamp_min(ENV_STATE_MIN_STD)
     x = ((x_all - feat_mean) / feat_std).double()
     y = ((y_all - y_mean) / y_std).double()
     alphas, dims = list(cfg.alphas), torch.arange(y.shape[1])
@@ -191,7 +192,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     if y.shape[1] == 39:  # Meta-World: the mean 3-D error of each position, in cm, overall and per task
         def cm(rows):
             e = (crossfit - y_all)[torch.from_numpy(rows)]
-            return {k: round(float(e[:, s].norm(dim=1).mean() * 100), 2) for k, s in GROUPS.items()}
+            return {k: round(float(e[:, s].norm(dim=1).mean() * 100), 2) for k, s in POSITIONS.items()}
 
         report["cv_error_cm"] = cm(fit_rows)
         task_of = np.concatenate([[ds.episode_task(e)] * ds.episode_length(e) for ds in datasets

@@ -122,8 +122,6 @@ class WAMClips(torch.utils.data.Dataset):
                 raise RepwamError(f"the read-out's target is normalised with meta/stats.json: some dataset has no "
                                   f"stats of `{ENV_STATE}` (regenerate it with repwam data generate)")
         self.index = []
-        starts = [np.cumsum([0] + [ds.episode_length(e) for e in range(ds.num_episodes)]) if estimated else None
-                  for ds in self.datasets]
         for d, e in split_episodes(self.datasets, split, val_fraction, split_seed):
             n_valid = valid_latent_frames(self.valid[d][e], self.tp)
             data = self.datasets[d].episode_data(e) if robot or aux else None
@@ -131,7 +129,9 @@ class WAMClips(torch.utils.data.Dataset):
                 self.actions[(d, e)] = np.asarray(data["action"], np.float32)
                 self.states[(d, e)] = np.asarray(data[read_key], np.float32)
                 if estimated:
-                    est = estimates[str(Path(self.datasets[d].root).resolve())][starts[d][e] : starts[d][e + 1]]
+                    ds = self.datasets[d]
+                    lo = int(ds.episodes[e]["dataset_from_index"])
+                    est = estimates[str(Path(ds.root).resolve())][lo : lo + ds.episode_length(e)]
                     self.states[(d, e)] = np.concatenate([self.states[(d, e)], est], 1).astype(np.float32)
             if aux:
                 self.env_states[(d, e)] = np.asarray(data[ENV_STATE], np.float32)

@@ -68,7 +68,7 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     assert report["maps"] == tasks and all(set(a) <= set(report["alphas"]) for a in report["alpha_per_dim"])
     assert json.loads((out / "fit.json").read_text())["maps"] == tasks
     model = StateEstimator.from_pretrained(out)
-    assert model.cfg.camera == ds.camera_keys[0] and model.cfg.target_dim == 39 and model.cfg.tasks == tuple(tasks)
+    assert model.cfg.cameras == (ds.camera_keys[0],) and model.cfg.target_dim == 39 and model.cfg.tasks == tuple(tasks)
     assert set(model.state_dict()) == {"feat_mean", "feat_std", "weight", "bias"}  # the teacher is named, not saved
     assert next(StateEstimator.from_pretrained(out).double().teacher.parameters()).dtype == torch.float64  # moves
     with pytest.raises(RepwamError, match="has a map for the tasks"):
@@ -96,3 +96,46 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     pooled = fit_estimator([tiny_dataset], tmp_path / "pooled", EstimatorTrainConfig(folds=3, per_task=False),
                            progress=False)
     assert pooled["maps"] == ["all tasks"] and StateEstimator.from_pretrained(tmp_path / "pooled").weight.shape[0] == 1
+
+
+def test_fit_on_two_views_reads_them_side_by_side(tmp_path):
+    """`--camera corner3,topview`: the features are each view's cached teacher grid side by side, the saved model
+    reads (N, 2, 3, S, S) in that order; a view the data lacks, or an empty list, is a clear error; a checkpoint
+    saved with the one-view `camera` key still loads."""
+    from repwam.data.generate import GenerateConfig, generate
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.data.transforms import frames_to_model
+    from repwam.policy.estimator import EstimatorConfig, StateEstimator
+    from repwam.tokenizer.teachers import build_teacher
+    from repwam.tokenizer.tokenize import teacher_cache
+
+    root = tmp_path / "two"
+    generate(root, GenerateConfig(tasks=["reach-v3"], episodes_per_task=3, workers=1, cameras=("corner3", "topview")))
+    with pytest.raises(RepwamError, match="camera names the view"):
+        EstimatorTrainConfig(camera=" , ")
+    with pytest.raises(RepwamError, match="no camera 'observation.images.corner'"):
+        fit_estimator([root], tmp_path / "x", EstimatorTrainConfig(camera="corner3,corner", folds=3), progress=False)
+    out = tmp_path / "est"
+    fit_estimator([root], out, EstimatorTrainConfig(camera="corner3,topview", folds=3), progress=False)
+    model = StateEstimator.from_pretrained(out)
+    ds = LeRobotDataset(root)
+    views = ("observation.images.corner3", "observation.images.topview")
+    assert model.cfg.cameras == views
+    teacher = build_teacher("efficientnet-lite0", layer="stage5", input_size=128)
+    cached = [teacher_cache(root, teacher, (8, 8), progress=False, camera=c)[:5].flatten(1).float() for c in views]
+    assert model.cfg.feature_dim == 2 * cached[0].shape[1]
+    task = ds.episode_task(0)
+    frames = torch.stack([frames_to_model(torch.from_numpy(ds.episode_frames(0, c)[:5]).permute(0, 3, 1, 2))
+                          for c in views], 1)  # (5, 2, 3, S, S)
+    torch.testing.assert_close(model(frames, task), model.predict(torch.cat(cached, 1), task), atol=1e-3, rtol=1e-3)
+    swapped = model.predict(torch.cat(cached[::-1], 1), task)
+    assert (swapped - model(frames, task)).abs().max() > 1e-3  # the order of the views matters
+    with pytest.raises(RepwamError, match=r"reads 2 view\(s\)"):
+        model(frames[:, 0], task)
+
+    legacy = {**model.cfg.to_dict(), "camera": views[0]}
+    del legacy["cameras"]
+    legacy["feature_dim"] = 0
+    assert EstimatorConfig.from_dict(legacy).cameras == views[:1]
+    with pytest.raises(RepwamError, match="distinct cameras"):
+        EstimatorConfig(cameras=(views[0], views[0]))

@@ -376,3 +376,24 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     assert len(calls) == 3  # frames 0, 4 and 8: the ones whose state the model reads
     with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
         policy.infer({**_episode_obs(ds, 0, 5), "observation.state": robot[0, :2]})
+
+    # an estimator reading a view the WAM does not see: the policy asks for it and feeds both views to the estimator
+    from repwam.policy.estimator import EstimatorConfig, StateEstimator
+    from repwam.policy.repwam import RepWAMPolicy
+
+    cam, top = ds.camera_keys[0], "observation.images.topview"
+    two = StateEstimator(EstimatorConfig(**{**policy.estimator.cfg.to_dict(), "cameras": [cam, top],
+                                            "feature_dim": 0}))
+    two.bias.normal_()
+    wide = RepWAMPolicy(policy.model, policy.tokenizer, policy.lat, policy.text, estimator=two, chunk=1)
+    assert wide.metadata["camera_keys"] == [cam, top] and wide.cameras == [cam]
+    wide.reset(ds.episode_task(0))
+    seen = []
+    wide.estimator.forward = lambda images, task: seen.append(images.shape) or two.predict(
+        two.features(images), task)
+    obs = _episode_obs(ds, 0, 0)
+    with pytest.raises(RepwamError, match="topview"):
+        wide.infer(obs)
+    wide.reset(ds.episode_task(0))
+    assert np.isfinite(wide.infer({**obs, top: obs[cam][::-1].copy()})["actions"]).all()
+    assert seen == [(1, 2, 3, 64, 64)]

@@ -9,8 +9,11 @@ frame to the simulator's observation. The state token of a WAM adapted with `--s
 reads the robot's state followed by this estimate; deployed, only the camera and the robot's state are needed.
 (Privileged information at training time only, as in asymmetric / teacher-student robot learning.)
 
-    image (N, 3, S, S) in [-1, 1] -> teacher maps -> latent grid (N, L, C) -> flatten (N, L·C) -> standardise
-    -> @ weight[task] (L·C, D) + bias[task] -> estimate (N, D) in the simulator's units
+    images (N, V, 3, S, S) in [-1, 1] -> teacher maps -> latent grids (N, V, L, C) -> flatten (N, V·L·C)
+    -> standardise -> @ weight[task] (V·L·C, D) + bias[task] -> estimate (N, D) in the simulator's units
+
+It reads one view or several (`cameras`): from one view a position's depth is a guess from its apparent size; the
+views' features side by side let the linear map triangulate. A view it reads need not be one the WAM sees.
 
 One map per task (the instruction names it; `tasks` lists them), or one for all when `tasks` is empty: what a
 position looks like differs between tasks (a puck, a peg, a goal in the air), and the instruction is an input anyway.
@@ -38,17 +41,26 @@ class EstimatorConfig(ModelConfig):
     teacher_layer: str | None = "stage5"
     teacher_input_size: int | None = 128
     grid: tuple[int, int] = (8, 8)  # the teacher's maps are averaged onto this grid (the tokenizer's latent grid)
-    feature_dim: int = 0  # grid tokens x teacher channels
+    feature_dim: int = 0  # views x grid tokens x teacher channels
     target_dim: int = 39  # the simulator observation's size (Meta-World: 39)
-    camera: str = "observation.images.corner3"  # the view it reads
+    cameras: tuple[str, ...] = ("observation.images.corner3",)  # the views it reads, in this order
     image_size: int = 64  # the frames it was fitted on
     tasks: tuple[str, ...] = ()  # one map per task instruction; empty: one map for every task
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         self.tasks = tuple(self.tasks)
+        self.cameras = tuple(self.cameras)
         if self.target_dim < 1:
             raise RepwamError(f"target_dim must be >= 1, got {self.target_dim}")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras):
+            raise RepwamError(f"the estimator reads one or more distinct cameras, got {self.cameras}")
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        if "camera" in d:  # estimators saved before it read several views
+            d = {**{k: v for k, v in d.items() if k != "camera"}, "cameras": [d["camera"]]}
+        return super().from_dict(d)
 
     @classmethod
     def presets(cls) -> dict:
@@ -56,7 +68,7 @@ class EstimatorConfig(ModelConfig):
 
 
 class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
-    """image (N, 3, S, S) in [-1, 1] (+ the task's instruction) -> the simulator observation's estimate (N, D)."""
+    """images (N, V, 3, S, S) in [-1, 1] (+ the task's instruction) -> the simulator observation's estimate (N, D)."""
 
     checkpoint_type = "repwam.state_estimator"
     config_class = EstimatorConfig
@@ -69,9 +81,11 @@ class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
         if teacher is None:
             raise RepwamError("the state estimator reads a teacher's features: teacher 'none' has none")
         self.hold_teacher(teacher)  # not a submodule: its weights are never saved here
-        f, d, t = teacher.dim * cfg.grid[0] * cfg.grid[1], cfg.target_dim, max(len(cfg.tasks), 1)
+        v, d, t = len(cfg.cameras), cfg.target_dim, max(len(cfg.tasks), 1)
+        f = v * teacher.dim * cfg.grid[0] * cfg.grid[1]
         if cfg.feature_dim and cfg.feature_dim != f:
-            raise RepwamError(f"feature_dim {cfg.feature_dim} != {teacher.dim} teacher channels x grid {cfg.grid}")
+            raise RepwamError(f"feature_dim {cfg.feature_dim} != {v} views x {teacher.dim} teacher channels x grid "
+                              f"{cfg.grid}")
         self.register_buffer("feat_mean", torch.zeros(f))
         self.register_buffer("feat_std", torch.ones(f))
         self.register_buffer("weight", torch.zeros(t, f, d))
@@ -79,12 +93,18 @@ class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) in [-1, 1] -> (N, L·C): the teacher's maps on the grid, token-major as the feature cache
-        (`repwam.tokenizer.tokenize.teacher_cache`) holds them, rounded to its float16."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise RepwamError(f"the state estimator takes images (N, 3, S, S), got {tuple(images.shape)}")
-        maps = self.teacher(images.float())  # (N, C, h, w)
-        return teacher_targets(maps[:, None], self.cfg.grid)[:, 0].half().float().flatten(1)  # (N, L·C)
+        """(N, V, 3, S, S) in [-1, 1] (or (N, 3, S, S) for one view) -> (N, V·L·C): each view's teacher maps on the
+        grid, token-major as the feature cache (`repwam.tokenizer.tokenize.teacher_cache`) holds them, rounded to its
+        float16, views in `cameras` order."""
+        v = len(self.cfg.cameras)
+        if images.ndim == 4 and v == 1:
+            images = images[:, None]
+        if images.ndim != 5 or tuple(images.shape[1:3]) != (v, 3):
+            raise RepwamError(f"the state estimator reads {v} view(s) {list(self.cfg.cameras)}: it takes images "
+                              f"(N, {v}, 3, S, S), got {tuple(images.shape)}")
+        maps = self.teacher(images.flatten(0, 1).float())  # (N V, C, h, w)
+        grid = teacher_targets(maps[:, None], self.cfg.grid)[:, 0].half().float()  # (N V, L, C)
+        return grid.reshape(images.shape[0], -1)  # (N, V·L·C)
 
     def task_index(self, task: str | None) -> int:
         if not self.cfg.tasks:
@@ -99,4 +119,5 @@ class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
         return ((features.float() - self.feat_mean) / self.feat_std) @ self.weight[i] + self.bias[i]
 
     def forward(self, images: torch.Tensor, task: str | None = None) -> torch.Tensor:
+        """images (N, V, 3, S, S) of `cameras` (or (N, 3, S, S) for one) -> (N, target_dim)."""
         return self.predict(self.features(images), task)

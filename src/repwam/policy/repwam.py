@@ -66,18 +66,16 @@ class RepWAMPolicy:
         self.cameras = list(meta.get("cameras") or [meta["camera"]])
         # EST_STATE_KEY: the state token reads the robot's state followed by the estimator's reading of its camera
         self.estimator = estimator.eval() if estimator is not None else None
-        robot_state_dim = model.cfg.state_dim
+        robot_state_dim, cameras = model.cfg.state_dim, list(self.cameras)
         if self.state_key == EST_STATE_KEY:
             if estimator is None:
                 raise RepwamError(f"{meta.get('path')} reads {EST_STATE_KEY}: it needs its state estimator")
-            if estimator.cfg.camera not in self.cameras:
-                raise RepwamError(f"the estimator reads {estimator.cfg.camera}, not one of this model's views "
-                                  f"{self.cameras}")
             robot_state_dim = model.cfg.state_dim - estimator.cfg.target_dim
+            cameras += [c for c in estimator.cfg.cameras if c not in cameras]  # views only the estimator reads
         self.metadata: dict[str, Any] = {
             "policy": "repwam",
             "checkpoint": meta.get("path"),
-            "camera_keys": list(self.cameras),
+            "camera_keys": cameras,
             "image_size": tokenizer.image_size,
             "max_image_size": 1024,
             "state_dim": 0 if privileged else robot_state_dim,
@@ -147,8 +145,9 @@ class RepWAMPolicy:
         if self.estimator is not None:
             robot = read_state(obs, STATE_KEY, self.metadata["state_dim"])
             if estimate:
-                view = image_to_model(obs[self.estimator.cfg.camera], self.estimator.cfg.image_size)
-                est = self.estimator(view[None], self._episode["instruction"])[0].numpy()  # objects and goal as seen
+                c = self.estimator.cfg
+                views = torch.stack([image_to_model(obs[cam], c.image_size) for cam in c.cameras])  # (V_e, 3, S, S)
+                est = self.estimator(views[None], self._episode["instruction"])[0].numpy()  # objects and goal as seen
                 state = self.state_norm(np.concatenate([robot, est]).astype(np.float32))
         elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, self.model.cfg.state_dim))

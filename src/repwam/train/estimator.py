@@ -1,7 +1,7 @@
 """`repwam train estimator`: fit the state estimator (`repwam.policy.estimator`) by ridge regression, cross-fitted.
 
 Closed form, no training loop: the teacher's features of every frame (the tokenizer's cached alignment targets,
-`<data>/cache/teacher/...`, computed when missing) are standardised, and a ridge map to the simulator observation
+`<data>/cache/teacher/...`, computed when missing; several views' side by side) are standardised, and a ridge map to the simulator observation
 (`observation.environment_state`, normalised per dimension, std floored) is fitted on every `frame_stride`-th frame
 (the latent-frame boundaries a WAM's state token reads, by default), one map per task (`per_task`). Each output
 dimension's ridge strength is picked by K-fold cross-validation over episodes (folds stratified by task), and every
@@ -40,7 +40,7 @@ POSITIONS = {k: STATE_GROUPS[k] for k in ("hand", "object", "goal")}  # the 3-D 
 
 @dataclass
 class EstimatorTrainConfig:
-    camera: str = "corner3"  # the view it reads (a Meta-World camera name or a feature key)
+    camera: str = "corner3"  # the view(s) it reads, comma-separated (Meta-World camera names or feature keys)
     teacher: str = "efficientnet-lite0"
     teacher_layer: str | None = "stage5"
     teacher_input_size: int | None = 128
@@ -57,6 +57,12 @@ class EstimatorTrainConfig:
             raise RepwamError(f"folds must be >= 2 (cross-fitting needs held-out episodes), got {self.folds}")
         if not self.alphas or min(self.alphas) <= 0:
             raise RepwamError(f"alphas must be positive, got {self.alphas}")
+        if not self.cameras:
+            raise RepwamError(f"camera names the view(s) the estimator reads, got {self.camera!r}")
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(camera_key(c.strip()) for c in self.camera.split(",") if c.strip())
 
 
 def ridge_path(x: torch.Tensor, y: torch.Tensor, alphas: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,25 +115,26 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     """Fit, cross-fit and save (see the module docstring); returns the fit report."""
     cfg = cfg or EstimatorTrainConfig()
     datasets = [LeRobotDataset(d) for d in data]
-    camera = camera_key(cfg.camera)
+    cameras = cfg.cameras
     for ds in datasets:
         if ENV_STATE_KEY not in ds.features:
             raise RepwamError(f"{ds.root} has no {ENV_STATE_KEY!r}: the estimator is fitted on the simulator state "
                               "that `repwam data generate` records")
-        if camera not in ds.camera_keys:
-            raise RepwamError(f"{ds.root} has no camera {camera!r}; it has {ds.camera_keys}")
-    sizes = {int(ds.features[camera]["shape"][0]) for ds in datasets}
+        for camera in cameras:
+            if camera not in ds.camera_keys:
+                raise RepwamError(f"{ds.root} has no camera {camera!r}; it has {ds.camera_keys}")
+    sizes = {int(ds.features[camera]["shape"][0]) for ds in datasets for camera in cameras}
     if len(sizes) != 1:
-        raise RepwamError(f"the datasets' {camera} frames have different sizes {sorted(sizes)}")
+        raise RepwamError(f"the datasets' {list(cameras)} frames have different sizes {sorted(sizes)}")
     tasks = sorted({ds.episode_task(e) for ds in datasets for e in range(ds.num_episodes)})
     model_cfg = EstimatorConfig(teacher=cfg.teacher, teacher_layer=cfg.teacher_layer,
-                                teacher_input_size=cfg.teacher_input_size, grid=cfg.grid, camera=camera,
+                                teacher_input_size=cfg.teacher_input_size, grid=cfg.grid, cameras=cameras,
                                 image_size=sizes.pop(), tasks=tuple(tasks) if cfg.per_task else ())
     teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
     feats, targets = [], []
     for ds in datasets:
-        f = teacher_cache(ds.root, teacher, cfg.grid, progress=progress, camera=camera)  # (num_frames, L, C) fp16
-        feats.append(f.flatten(1).float())
+        f = [teacher_cache(ds.root, teacher, cfg.grid, progress=progress, camera=c) for c in cameras]  # (n, L, C)
+        feats.append(torch.cat([v.flatten(1) for v in f], 1).float())  # (num_frames, V·L·C)
         targets.append(torch.cat([torch.from_numpy(np.array(ds.episode_data(e)[ENV_STATE_KEY], np.float32))
                                   for e in range(ds.num_episodes)]))
     del teacher

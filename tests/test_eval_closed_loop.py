@@ -79,6 +79,29 @@ class _Imagining(ExpertPolicy):
         return out
 
 
+class _Estimating(ExpertPolicy):
+    """The expert, returning as its 'estimated_state' the simulator's with the object 4 cm and the goal 3 cm off, at
+    every fourth step (or of a wrong size)."""
+
+    def __init__(self, size: int = 39):
+        super().__init__(image_size=SIZE)
+        self.size, self.t = size, 0
+
+    def infer(self, observation):
+        out = super().infer(observation)
+        if self.t % 4 == 0:
+            est = np.array(observation["observation.environment_state"], np.float32)
+            est[5] += 0.04
+            est[36] -= 0.03
+            out["estimated_state"] = est[: self.size]
+        self.t += 1
+        return out
+
+
+def estimating(size: int = 39) -> _Estimating:
+    return _Estimating(size)
+
+
 def counting(log: str, crash_flag: str, crash_at: int) -> _Counting:
     return _Counting(log, crash_flag, crash_at)
 
@@ -239,6 +262,19 @@ def test_video_puts_imagined_frames_beside_the_real_ones(tmp_path):
     assert np.abs(255 - imagined[5] - real[4]).mean() < 10, "step 5 holds step 4's imagined (inverted) frame"
     assert np.abs(255 - imagined[5] - real[5]).mean() > np.abs(255 - imagined[5] - real[4]).mean()
     assert real[:30].std(0).mean() > 1, "the video is not constant"
+
+
+def test_a_policys_reading_of_the_scene_is_scored_against_the_simulator(tmp_path):
+    kw = dict(tasks="reach,push", episodes_per_task=1, seed=0, workers=0, max_steps=12, progress=False,
+              videos_per_task=0)
+    res = evaluate_policy(PolicySpec("test_eval_closed_loop:estimating"), out_dir=tmp_path / "a", **kw)
+    for r in _lines(tmp_path / "a" / "episodes.jsonl"):
+        assert r["estimate_err_cm"] == {"object": 4.0, "goal": 3.0}
+    assert res["mean"]["estimate_err_cm"] == {"object": 4.0, "goal": 3.0}
+    assert "estimate_err_cm" not in evaluate_policy(PolicySpec(EXPERT, {"image_size": SIZE}), out_dir=tmp_path / "b",
+                                                    **kw)["mean"]
+    with pytest.raises(RepwamError, match=r"'estimated_state' of shape \(7,\) at step 0"):
+        evaluate_policy(PolicySpec("test_eval_closed_loop:estimating", {"size": 7}), out_dir=tmp_path / "c", **kw)
 
 
 def test_cli_runs_the_expert(tmp_path):

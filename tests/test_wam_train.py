@@ -371,9 +371,14 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     calls = []
     estimate = policy.estimator.forward
     policy.estimator.forward = lambda *a: calls.append(1) or estimate(*a)
+    returned = []
     for t in range(9):
-        assert np.isfinite(policy.infer(_episode_obs(ds, 0, t))["actions"]).all()
-    assert len(calls) == 3  # frames 0, 4 and 8: the ones whose state the model reads
+        out = policy.infer(_episode_obs(ds, 0, t))
+        assert np.isfinite(out["actions"]).all()
+        if "estimated_state" in out:
+            returned.append(t)
+            assert out["estimated_state"].shape == (39,) and out["estimated_state"].dtype == np.float32
+    assert len(calls) == 3 and returned == [0, 4, 8]  # the frames whose state the model reads; the harness scores them
     with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
         policy.infer({**_episode_obs(ds, 0, 5), "observation.state": robot[0, :2]})
 

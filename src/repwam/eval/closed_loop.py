@@ -18,7 +18,9 @@ What the policy observes at every step
     metadata["instruction_key"]    str              the task's instruction ("prompt")
 `metadata["goal_marker_scale"]` (default 3.0, as `repwam data generate`) sets how the goal markers are drawn.
 A policy may return `"imagined"`: uint8 (H, W, 3) or (n, H, W, 3) decoded future frames; videos show them beside
-the real frames (held until the next ones arrive).
+the real frames (held until the next ones arrive). A policy that reads the scene's state from its cameras may return
+`"estimated_state"` (39,) at the steps it reads it: each episode then keeps the mean 3-D error (cm) of its object
+and goal positions against the simulator's, in closed loop (`estimate_err_cm`).
 
 How it runs
 - Each worker process (spawn) builds its own policy from a picklable `PolicySpec` (a checkpoint path travels, never a
@@ -57,6 +59,7 @@ from repwam.data.generate import layout_seed
 from repwam.data.sim import ACTION_NAMES, CAMERAS, DEFAULT_IMAGE_SIZE, FPS, STATE_NAMES
 from repwam.data.tasks import instruction, resolve_tasks
 from repwam.errors import RepwamError
+from repwam.eval.probes import STATE_GROUPS
 from repwam.policy.base import INSTRUCTION_KEY, Policy
 
 CONFIG_FILE = "eval_config.json"
@@ -279,6 +282,7 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
     policy.reset(text)
     obs = env.reset(seed)
     views, imagined, infer_ms, dists = [], [], [], []
+    est_err: dict[str, list[float]] = {"object": [], "goal": []}  # the policy's reading of the scene, per step
     success, steps = False, max_steps
     goal = obs[-3:].astype(float)  # the goal-observable obs ends with the goal's xyz; it never moves in an episode
     for t in range(max_steps):
@@ -292,6 +296,13 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
         infer_ms.append(1000 * (time.perf_counter() - t0))
         where = f"at step {t} of {task} episode {k} (seed {seed})"
         action = _checked_action(out, str(spec), where)
+        if out.get("estimated_state") is not None:
+            est = np.asarray(out["estimated_state"], dtype=np.float64)
+            if est.shape != obs.shape:
+                raise RepwamError(f"policy {spec} returned 'estimated_state' of shape {est.shape} {where}; expected "
+                                  f"the simulator observation's {obs.shape}")
+            for name, dims in est_err.items():
+                dims.append(float(np.linalg.norm(est[STATE_GROUPS[name]] - obs[STATE_GROUPS[name]])))
         if video:
             views.append(np.concatenate(list(images.values()), axis=1))
             imagined.append(_checked_imagined(out.get("imagined"), str(spec), where))
@@ -332,6 +343,9 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
         "final_hand": [round(float(v), 4) for v in obs[:3]],
         "final_obj": [round(float(v), 4) for v in obs[4:7]],
         "goal": [round(float(v), 4) for v in goal],
+        # the policy's own reading of the scene against the simulator's (mean over the steps it returned one)
+        "estimate_err_cm": ({k: round(100 * float(np.mean(v)), 2) for k, v in est_err.items()}
+                            if est_err["goal"] else None),
     }
 
 
@@ -394,7 +408,17 @@ def _group(records: list[dict]) -> dict[str, Any]:
         "infer_ms_mean": sum(r["infer_ms_mean"] * r["infer_calls"] for r in records) / max(calls, 1),
         "infer_ms_p95_worst": max(r["infer_ms_p95"] for r in records),
         "goal_dist_final_mean": _mean_of(records, "goal_dist_final"),
+        **_estimate_err(records),
     }
+
+
+def _estimate_err(records: list[dict]) -> dict[str, Any]:
+    """The mean closed-loop estimate errors (cm) over the episodes that have them (policies that return
+    'estimated_state'); nothing for the others."""
+    errs = [r["estimate_err_cm"] for r in records if r.get("estimate_err_cm")]
+    if not errs:
+        return {}
+    return {"estimate_err_cm": {k: round(float(np.mean([e[k] for e in errs])), 2) for k in errs[0]}}
 
 
 def _mean_of(records: list[dict], key: str) -> float | None:

@@ -3,7 +3,8 @@ expert, and a remote policy behind the websocket server.
 
     policy.metadata            camera_keys, image_size, state_dim, action_dim, action_horizon, instruction_key
     policy.reset(instruction)  start an episode (clears frame buffers and caches)
-    policy.infer(observation)  -> {"actions": float32 (H, action_dim)}
+    policy.infer(observation)  -> {"actions": float32 (H, action_dim)}, and optionally "imagined" (decoded future
+                               frames) and "estimated_state" (a state estimator's reading of the scene)
 
 `observation` is a dict in LeRobot keys: `observation.images.<cam>` uint8 (H, W, 3) for every camera in
 `metadata["camera_keys"]`, `observation.state` float32 (state_dim,), and optionally the instruction under

@@ -148,6 +148,7 @@ class RepWAMPolicy:
                 c = self.estimator.cfg
                 views = torch.stack([image_to_model(obs[cam], c.image_size) for cam in c.cameras])  # (V_e, 3, S, S)
                 est = self.estimator(views[None], self._episode["instruction"])[0].numpy()  # objects and goal as seen
+                self._episode["estimate"] = est  # returned by this infer (the harness scores it against the sim)
                 state = self.state_norm(np.concatenate([robot, est]).astype(np.float32))
         elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, self.model.cfg.state_dim))
@@ -183,6 +184,8 @@ class RepWAMPolicy:
                     raise RepwamError(f"internal: {len(ep['new_z'])} new latent frames at a replan, expected {self.k}")
                 self._append_observed()
                 out = self._plan()
+        if ep.get("estimate") is not None:
+            out["estimated_state"] = ep.pop("estimate").astype(np.float32)
         action = ep["queue"].pop(0)
         ep["executed"].append(action)
         ep["t"] += 1

@@ -44,8 +44,8 @@ def test_crossfit_estimates_never_see_their_own_fold():
 
 def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, tmp_path):
     """Fitted on the tiny dataset: the saved estimator, run on camera frames, gives what the ridge map gives on the
-    cached teacher features; the cross-fitted estimates cover every frame and are not the in-sample fit; a WAM can
-    ask for them by dataset only where the estimator was fitted."""
+    cached teacher features; the cross-fitted estimates cover every frame and are not the in-sample fit; a WAM gets
+    them for the episodes the estimator was fitted on, at that path or at another (another render of them)."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.data.transforms import frames_to_model
     from repwam.policy.estimator import StateEstimator
@@ -89,8 +89,11 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     assert np.abs(est - in_sample).max() > 1e-3  # held out, not the final fit
     env = np.concatenate([ds.episode_data(e)[ENV_STATE_KEY] for e in range(ds.num_episodes)])
     assert np.abs(in_sample - env).mean() < np.abs(est - env).mean()  # the final fit has seen every frame
-    with pytest.raises(RepwamError, match="was fitted on"):
-        crossfit_estimates(out, [tmp_path])
+    import shutil
+
+    copy = tmp_path / "copy"  # the same episodes elsewhere (as another render of them would be): the same estimates
+    shutil.copytree(tiny_dataset, copy, ignore=shutil.ignore_patterns("cache"))
+    np.testing.assert_array_equal(crossfit_estimates(out, [copy])[str(copy.resolve())], est)
     with pytest.raises(RepwamError, match="takes images"):
         model(torch.zeros(3, 64, 64), task)
     pooled = fit_estimator([tiny_dataset], tmp_path / "pooled", EstimatorTrainConfig(folds=3, per_task=False),
@@ -98,10 +101,10 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     assert pooled["maps"] == ["all tasks"] and StateEstimator.from_pretrained(tmp_path / "pooled").weight.shape[0] == 1
 
 
-def test_fit_on_two_views_reads_them_side_by_side(tmp_path):
+def test_fit_on_two_views_reads_them_side_by_side(tmp_path, tiny_dataset):
     """`--camera corner3,topview`: the features are each view's cached teacher grid side by side, the saved model
     reads (N, 2, 3, S, S) in that order; a view the data lacks, or an empty list, is a clear error; a checkpoint
-    saved with the one-view `camera` key still loads."""
+    saved with the one-view `camera` key still loads; other episodes get no estimates."""
     from repwam.data.generate import GenerateConfig, generate
     from repwam.data.lerobot import LeRobotDataset
     from repwam.data.transforms import frames_to_model
@@ -132,6 +135,8 @@ def test_fit_on_two_views_reads_them_side_by_side(tmp_path):
     assert (swapped - model(frames, task)).abs().max() > 1e-3  # the order of the views matters
     with pytest.raises(RepwamError, match=r"reads 2 view\(s\)"):
         model(frames[:, 0], task)
+    with pytest.raises(RepwamError, match="nor on its episodes"):
+        crossfit_estimates(out, [tiny_dataset])
 
     legacy = {**model.cfg.to_dict(), "camera": views[0]}
     del legacy["cameras"]

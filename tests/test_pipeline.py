@@ -190,6 +190,33 @@ def test_estimator_layouts_feed_the_estimator_only_and_another_value_is_refused(
         ablation(tmp_path, PipelineConfig(tasks="reach-v3", episodes_per_task=5), ["repwam_est"], [0])
 
 
+def test_estimator_cameras_render_the_demonstrations_again_for_the_estimator_only(tmp_path):
+    cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, estimator_layouts_per_task=40,
+                         estimator_cameras="corner3,corner")
+    jobs = ablation(tmp_path, cfg, ["repwam", "repwam_est"], [0]).jobs
+    again, gen, est = jobs["data-estimator"].args, jobs["data-layouts"].args, jobs["train-estimator"]
+    demos = jobs["data"].args
+    for a in (again, gen):
+        assert a[a.index("--camera") + 1] == "corner3,corner"
+    assert demos[demos.index("--camera") + 1] == "corner3"  # every other stage sees what it saw before
+    assert [again[again.index(k) + 1] for k in ("--tasks", "--episodes-per-task", "--image-size")] == \
+        [demos[demos.index(k) + 1] for k in ("--tasks", "--episodes-per-task", "--image-size")]
+    assert "--seed" not in again and est.needs == ["data-estimator", "data-layouts"]
+    assert est.args[est.args.index("--camera") + 1] == "corner3,corner"
+    assert [est.args[i + 1] for i, a in enumerate(est.args) if a == "--data"] == [
+        again[again.index("--out") + 1], gen[gen.index("--out") + 1]]
+    adapt = jobs["train-wam_repwam_est_s0"].args
+    assert adapt[adapt.index("--data") + 1] == demos[demos.index("--out") + 1]  # matched to its estimates by episodes
+    assert not any({"data-estimator", "data-layouts"} & set(j.needs) for n, j in jobs.items()
+                   if n != "train-estimator")
+    with pytest.raises(RepwamError, match="estimator_cameras='corner3,corner'; this asks for estimator_cameras=''"):
+        ablation(tmp_path, PipelineConfig(tasks="reach-v3", episodes_per_task=5, estimator_layouts_per_task=40),
+                 ["repwam_est"], [0])
+    one = ablation(tmp_path / "one", PipelineConfig(tasks="reach-v3", estimator_cameras="corner3"),
+                   ["repwam_est"], [0]).jobs  # a view the demonstrations have: nothing rendered again
+    assert "data-estimator" not in one and one["train-estimator"].needs == ["data"]
+
+
 def test_pretraining_videos_feed_the_tokenizer_lat_and_pretraining_and_demonstrations_the_rest(tmp_path):
     cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, video_episodes_per_task=50)
     p = ablation(tmp_path, cfg, ["repwam", "joint", "plain"], [0])

@@ -17,6 +17,7 @@ chosen strengths, cross-validated normalised MSE and RMSE per dimension; for Met
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,33 +207,54 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
                                   for e in range(ds.num_episodes)])
         report["cv_error_cm_per_task"] = {t: cm(fit_rows & (task_of == t)) for t in tasks}
     estimates = {str(d): crossfit[offsets[d] : offsets[d + 1]].contiguous() for d in range(len(datasets))}
-    meta = {"fit": report, "fit_data": [{"root": str(Path(ds.root).resolve()), "num_frames": ds.num_frames}
-                                        for ds in datasets]}
+    meta = {"fit": report, "fit_data": [{"root": str(Path(ds.root).resolve()), "num_frames": ds.num_frames,
+                                         "episodes_hash": episodes_hash(ds)} for ds in datasets]}
     model.save_pretrained(out, meta=meta, extras={"estimates": estimates})
     (Path(out) / "fit.json").write_text(json.dumps(report, indent=1))
     return report
 
 
+def episodes_hash(ds: LeRobotDataset) -> str:
+    """What identifies a dataset's episodes whatever cameras or image size rendered them: a hash of the simulator
+    state of every frame and of the episodes' lengths and tasks."""
+    h = hashlib.sha1()
+    for e in range(ds.num_episodes):
+        h.update(f"{ds.episode_task(e)}:{ds.episode_length(e)};".encode())
+        h.update(np.ascontiguousarray(np.asarray(ds.episode_data(e)[ENV_STATE_KEY], np.float32)).tobytes())
+    return h.hexdigest()
+
+
 def crossfit_estimates(estimator: str | Path, roots: list[str | Path]) -> dict[str, np.ndarray]:
     """The cross-fitted estimates of each dataset root, {resolved root: (num_frames, D)}, or an error naming a root
-    the estimator was not fitted on (a WAM adapts on those only: elsewhere its estimates would be in-sample)."""
+    whose episodes the estimator was not fitted on (a WAM adapts on those only: elsewhere its estimates would be
+    in-sample). A root matches a fitted dataset by path, or by its episodes: the same episodes rendered from other
+    cameras (an estimator can read views the WAM does not) carry the same estimates."""
     from safetensors.torch import load_file
 
     meta = read_config(estimator)
     if meta.get("type") != StateEstimator.checkpoint_type:
         raise RepwamError(f"{estimator} is not a state estimator (its config.json says type {meta.get('type')!r})")
-    fitted = {f["root"]: (str(i), f["num_frames"]) for i, f in enumerate(meta.get("fit_data", []))}
+    fitted = meta.get("fit_data", [])
     saved = load_file(str(Path(estimator) / "estimates.safetensors"))
     out = {}
     for root in roots:
-        key = str(Path(root).resolve())
-        if key not in fitted:
-            raise RepwamError(f"the estimator {estimator} was fitted on {sorted(fitted)}, not on {key}: fit it on the "
-                              "data the world action model adapts on (`repwam train estimator --data ...`)")
-        i, n = fitted[key]
-        if LeRobotDataset(root).num_frames != n or len(saved[i]) != n:
+        key, ds = str(Path(root).resolve()), LeRobotDataset(root)
+        by_path = [i for i, f in enumerate(fitted) if f["root"] == key]
+        if by_path:
+            i = by_path[0]
+            if ds.num_frames != fitted[i]["num_frames"] or fitted[i].get("episodes_hash", None) not in (
+                    None, episodes_hash(ds)):
+                raise RepwamError(f"{key} has changed since the estimator {estimator} was fitted on it: refit it")
+        else:
+            same = [i for i, f in enumerate(fitted) if f.get("episodes_hash") == episodes_hash(ds)]
+            if not same:
+                raise RepwamError(f"the estimator {estimator} was fitted on {[f['root'] for f in fitted]}, not on "
+                                  f"{key} nor on its episodes: fit it on the data the world action model adapts on "
+                                  "(`repwam train estimator --data ...`)")
+            i = same[0]
+        if len(saved[str(i)]) != ds.num_frames:
             raise RepwamError(f"{key} has changed since the estimator {estimator} was fitted on it: refit it")
-        out[key] = saved[i].numpy()
+        out[key] = saved[str(i)].numpy()
     return out
 
 

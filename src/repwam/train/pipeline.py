@@ -38,7 +38,9 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     repwam_est   repwam whose state token reads the robot's state followed by the simulator observation as a state
                  estimator reads it from the camera (`repwam train estimator`: ridge on the frozen teacher's
                  features, fitted on the demonstrations' simulator state, cross-fitted estimates in training);
-                 deployable (camera and robot state only), privileged in training; shares repwam's pretraining
+                 deployable (camera and robot state only), privileged in training; shares repwam's pretraining.
+                 `estimator_cameras` and `estimator_layouts_per_task` give its estimator more views and more
+                 labelled layouts than the demonstrations' camera
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -112,6 +114,10 @@ class PipelineConfig:
     # demonstrations' nor evaluation's), their simulator state read as labels and their actions never; only the
     # estimator sees them (perception data, which a simulator gives for free). Recorded like tok_args
     estimator_layouts_per_task: int = 0
+    # comma-separated Meta-World cameras the repwam_est row's estimator reads (empty: the first of `cameras`); views
+    # the WAM does not see are rendered for the estimator only (the demonstrations again, the same episodes, and the
+    # extra layouts), and the deployed policy asks for them. Recorded like tok_args
+    estimator_cameras: str = ""
     # wall-time target (minutes) for one row's chain data -> ... -> evaluation: every training stage gets a share of
     # it (BUDGET_SHARES, after FIXED_MINUTES for the rest) as optim.minutes, its steps raised to STEPS_CAP_FACTOR x
     # the settings above as the cap, so the stages train for as long as the budget allows (None: the step counts)
@@ -201,7 +207,7 @@ class Pipeline:
                          *(["--action-noise", c.action_noise] if c.action_noise else [])],
                         path / "meta" / "info.json")
 
-    def _check_dataset(self, path: Path, episodes: int) -> None:
+    def _check_dataset(self, path: Path, episodes: int, cameras: str | None = None) -> None:
         """A dataset already at `path` must be the one these settings would generate: every later job (and
         every result copied in) is keyed by `out` alone, so other settings there would be mixed in silently."""
         f = path / "meta" / "repwam_generation.json"
@@ -209,7 +215,7 @@ class Pipeline:
             return
         have, c = json.loads(f.read_text()).get("settings", {}), self.cfg
         want = {"episodes_per_task": episodes, "image_size": c.image_size,
-                "cameras": [x.strip() for x in c.cameras.split(",")], "action_noise": c.action_noise}
+                "cameras": [x.strip() for x in (cameras or c.cameras).split(",")], "action_noise": c.action_noise}
         have.setdefault("action_noise", 0.0)  # datasets from before the setting
         diff = {k: (have.get(k), v) for k, v in want.items() if k in have and have[k] != v}
         if diff:
@@ -271,20 +277,33 @@ class Pipeline:
         return self.evaluate(f"wam_{tag}", [adapt])
 
     def estimator(self) -> str:
-        """The state estimator of the repwam_est row, fitted on the demonstrations (first camera) and, with
-        estimator_layouts_per_task, on that many more layouts per task of another base seed."""
+        """The state estimator of the repwam_est row, fitted on the demonstrations (estimator_cameras, or the first
+        camera) and, with estimator_layouts_per_task, on that many more layouts per task of another base seed. Views
+        the demonstrations lack are rendered for it: the demonstrations again (same seeds: the same episodes, which
+        the WAM's adaptation matches to their estimates) and the layouts from those views."""
         c, out = self.cfg, self.run_dir("estimator")
-        camera = c.cameras.split(",")[0].strip()
-        data, needs = ["--data", self.data], [self.dataset()]
+        cams = [x.strip() for x in (c.estimator_cameras or c.cameras.split(",")[0]).split(",") if x.strip()]
+        views, data, needs = ",".join(cams), self.data, [self.dataset()]
+        if not set(cams) <= {x.strip() for x in c.cameras.split(",")}:
+            data = self.data.with_name(self.data.name + "@est" + "+".join(cams))
+            self._check_dataset(data, c.episodes_per_task, views)
+            needs = [self.add("data-estimator", ["data", "generate", "--tasks", c.tasks, "--episodes-per-task",
+                                                 c.episodes_per_task, "--camera", views, "--image-size", c.image_size,
+                                                 "--out", data,
+                                                 *(["--action-noise", c.action_noise] if c.action_noise else [])],
+                              data / "meta" / "info.json")]
+        args = ["--data", data]
         if c.estimator_layouts_per_task:
-            layouts = self.data.with_name(self.data.name + f"@layouts{c.estimator_layouts_per_task}seed1")
-            self._check_dataset(layouts, c.estimator_layouts_per_task)
+            name = f"@layouts{c.estimator_layouts_per_task}seed1" + ("" if data == self.data else "@" + "+".join(cams))
+            layouts = self.data.with_name(self.data.name + name)
+            gen_views = c.cameras if data == self.data else views
+            self._check_dataset(layouts, c.estimator_layouts_per_task, gen_views)
             needs.append(self.add("data-layouts", ["data", "generate", "--tasks", c.tasks, "--episodes-per-task",
-                                                   c.estimator_layouts_per_task, "--seed", 1, "--camera", c.cameras,
+                                                   c.estimator_layouts_per_task, "--seed", 1, "--camera", gen_views,
                                                    "--image-size", c.image_size, "--out", layouts],
                                   layouts / "meta" / "info.json"))
-            data += ["--data", layouts]
-        return self.add("train-estimator", ["train", "estimator", *data, "--out", out, "--camera", camera],
+            args += ["--data", layouts]
+        return self.add("train-estimator", ["train", "estimator", *args, "--out", out, "--camera", views],
                         out / "finished", needs)
 
     def inspect(self, tok_recipe: str, wam_run: str) -> list[str]:
@@ -457,7 +476,8 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     p = Pipeline(out, cfg)
     f = p.out / "pipeline.json"
     was = json.loads(f.read_text())["config"] if f.exists() else {}
-    for key, what in (("tok_args", "tokenizers trained"), ("estimator_layouts_per_task", "a state estimator fitted")):
+    for key, what in (("tok_args", "tokenizers trained"), ("estimator_layouts_per_task", "a state estimator fitted"),
+                      ("estimator_cameras", "a state estimator fitted")):
         if f.exists() and was.get(key, PipelineConfig.__dataclass_fields__[key].default) != getattr(cfg, key):
             raise RepwamError(f"{p.out} holds {what} with {key}={was.get(key)!r}; this asks for "
                               f"{key}={getattr(cfg, key)!r}: use another --out")

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from repwam.checkpoint import Pretrained
 from repwam.config import ModelConfig
+from repwam.data.transforms import image_to_model
 from repwam.errors import RepwamError
 from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.tokenizer.teachers.base import HoldsTeacher, teacher_targets
@@ -121,3 +123,32 @@ class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
     def forward(self, images: torch.Tensor, task: str | None = None) -> torch.Tensor:
         """images (N, V, 3, S, S) of `cameras` (or (N, 3, S, S) for one) -> (N, target_dim)."""
         return self.predict(self.features(images), task)
+
+
+# ---------------------------------------------------------------- what a policy with a state estimator shares
+def load_estimator(meta: dict, what: str) -> StateEstimator:
+    """The estimator a policy checkpoint's config.json names (parents.estimator: path + weights hash)."""
+    ref = (meta.get("parents") or {}).get("estimator")
+    if not ref:
+        raise RepwamError(f"{what} reads a state estimator's estimates but its config.json names none")
+    estimator = StateEstimator.from_pretrained(ref["path"])
+    if estimator.checkpoint_meta["weights_hash"] != ref["weights_hash"]:
+        raise RepwamError(f"the state estimator at {ref['path']} is not the one {what} was trained on")
+    return estimator.eval()
+
+
+def policy_cameras(cameras: list[str], estimator: StateEstimator | None) -> list[str]:
+    """The views a policy asks for: its model's, then those only its estimator reads."""
+    extra = [c for c in estimator.cfg.cameras if c not in cameras] if estimator is not None else []
+    return list(cameras) + extra
+
+
+@torch.no_grad()
+def robot_and_estimate(estimator: StateEstimator, obs: dict, robot: np.ndarray, task: str) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
+    """What a state token reads with a state estimator: (the robot's state ⧺ the estimate (D_r + D,), the estimate
+    (D,)), the estimate from the observation's views of the estimator's cameras."""
+    c = estimator.cfg
+    views = torch.stack([image_to_model(obs[cam], c.image_size) for cam in c.cameras])  # (V_e, 3, S, S)
+    est = estimator(views[None], task)[0].numpy()  # the objects and the goal as seen
+    return np.concatenate([robot, est]).astype(np.float32), est.astype(np.float32)

@@ -31,7 +31,7 @@ from repwam.data.transforms import Normalizer, frames_from_model, image_to_model
 from repwam.errors import RepwamError
 from repwam.lat.model import LatentActionTokenizer
 from repwam.policy.base import INSTRUCTION_KEY, read_state
-from repwam.policy.estimator import StateEstimator
+from repwam.policy.estimator import StateEstimator, load_estimator, policy_cameras, robot_and_estimate
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY, validate_observation
 from repwam.tokenizer.tokenize import load_parent_tokenizer
 from repwam.wam.model import WorldActionModel
@@ -66,16 +66,15 @@ class RepWAMPolicy:
         self.cameras = list(meta.get("cameras") or [meta["camera"]])
         # EST_STATE_KEY: the state token reads the robot's state followed by the estimator's reading of its camera
         self.estimator = estimator.eval() if estimator is not None else None
-        robot_state_dim, cameras = model.cfg.state_dim, list(self.cameras)
+        robot_state_dim = model.cfg.state_dim
         if self.state_key == EST_STATE_KEY:
             if estimator is None:
                 raise RepwamError(f"{meta.get('path')} reads {EST_STATE_KEY}: it needs its state estimator")
             robot_state_dim = model.cfg.state_dim - estimator.cfg.target_dim
-            cameras += [c for c in estimator.cfg.cameras if c not in cameras]  # views only the estimator reads
         self.metadata: dict[str, Any] = {
             "policy": "repwam",
             "checkpoint": meta.get("path"),
-            "camera_keys": cameras,
+            "camera_keys": policy_cameras(self.cameras, self.estimator),
             "image_size": tokenizer.image_size,
             "max_image_size": 1024,
             "state_dim": 0 if privileged else robot_state_dim,
@@ -101,12 +100,7 @@ class RepWAMPolicy:
             lat = LatentActionTokenizer.from_pretrained(lat_ref["path"])
             if lat.checkpoint_meta["weights_hash"] != lat_ref["weights_hash"]:
                 raise RepwamError(f"the LAT at {lat_ref['path']} is not the one the WAM {path} was trained on")
-        estimator = None
-        if meta.get("state_key") == EST_STATE_KEY:
-            ref = meta["parents"]["estimator"]
-            estimator = StateEstimator.from_pretrained(ref["path"])
-            if estimator.checkpoint_meta["weights_hash"] != ref["weights_hash"]:
-                raise RepwamError(f"the state estimator at {ref['path']} is not the one the WAM {path} was adapted on")
+        estimator = load_estimator(meta, f"the WAM {path}") if meta.get("state_key") == EST_STATE_KEY else None
         spec = meta["text_encoder"]
         text = TextEncoder(spec["name"], max_length=spec.get("max_length"))
         return cls(model, tokenizer, lat, text, estimator=estimator, **settings)
@@ -145,11 +139,9 @@ class RepWAMPolicy:
         if self.estimator is not None:
             robot = read_state(obs, STATE_KEY, self.metadata["state_dim"])
             if estimate:
-                c = self.estimator.cfg
-                views = torch.stack([image_to_model(obs[cam], c.image_size) for cam in c.cameras])  # (V_e, 3, S, S)
-                est = self.estimator(views[None], self._episode["instruction"])[0].numpy()  # objects and goal as seen
+                full, est = robot_and_estimate(self.estimator, obs, robot, self._episode["instruction"])
                 self._episode["estimate"] = est  # returned by this infer (the harness scores it against the sim)
-                state = self.state_norm(np.concatenate([robot, est]).astype(np.float32))
+                state = self.state_norm(full)
         elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, self.model.cfg.state_dim))
         return image, state

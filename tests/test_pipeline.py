@@ -212,6 +212,10 @@ def test_estimator_cameras_render_the_demonstrations_again_for_the_estimator_onl
     with pytest.raises(RepwamError, match="estimator_cameras='corner3,corner'; this asks for estimator_cameras=''"):
         ablation(tmp_path, PipelineConfig(tasks="reach-v3", episodes_per_task=5, estimator_layouts_per_task=40),
                  ["repwam_est"], [0])
+    base = ablation(tmp_path, cfg, ["plain_estimator"], [1]).jobs["train-plain_plain_estimator_s1"]
+    assert base.needs == ["data", "train-estimator"] and base.args[base.args.index("--estimator") + 1] == \
+        adapt[adapt.index("--estimator") + 1]  # the plain baseline reads the same estimator
+    assert base.args[base.args.index("--data") + 1] == demos[demos.index("--out") + 1]
     one = ablation(tmp_path / "one", PipelineConfig(tasks="reach-v3", estimator_cameras="corner3"),
                    ["repwam_est"], [0]).jobs  # a view the demonstrations have: nothing rendered again
     assert "data-estimator" not in one and one["train-estimator"].needs == ["data"]

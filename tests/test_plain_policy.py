@@ -12,6 +12,7 @@ import torch
 
 from repwam.data.dataset import split_spec
 from repwam.data.lerobot import LeRobotDataset
+from repwam.data.transforms import Normalizer, image_to_model
 from repwam.errors import RepwamError
 from repwam.policy import load_policy
 from repwam.policy.plain import PlainConfig, PlainPolicy, PlainPolicyModel, masked_mean
@@ -258,7 +259,6 @@ def plain_ckpt(tiny_dataset, tmp_path_factory):
 def test_samples_pad_the_past_and_mask_the_future(tiny_dataset):
     from repwam.data.dataset import ClipDataset
     from repwam.train.plain import PlainSamples
-    from repwam.data.transforms import Normalizer
 
     clips = ClipDataset(tiny_dataset, num_frames=1, split="all", progress=False)
     ident = Normalizer([0.0] * 4, [1.0] * 4)
@@ -332,6 +332,50 @@ def test_privileged_reference_reads_the_simulator_state(tiny_dataset, tmp_path):
         policy.infer({CAM: frame, "observation.state": clips.states[ep.start]})
     with pytest.raises(RepwamError, match=r"trained on \(39,\)"):
         policy.infer({CAM: frame, ENV_STATE_KEY: env_state[:10]})
+
+
+def test_estimated_state_reads_the_robot_state_and_the_estimators_reading(tiny_dataset, tmp_path):
+    """`state_key=observation.estimated_state` (the plain baseline beside repwam_est): in training each step's state
+    is the robot's followed by the estimator's cross-fitted estimate of that frame; the policy runs the estimator on
+    the camera at every step, asks only for the camera and the robot's state, and returns its estimate."""
+    from repwam.data.dataset import ClipDataset
+    from repwam.serve import EST_STATE_KEY
+    from repwam.train.estimator import EstimatorTrainConfig, crossfit_estimates, fit_estimator
+    from repwam.train.plain import PlainSamples, PlainTrainConfig, train_plain
+
+    with pytest.raises(RepwamError, match="--estimator DIR goes with"):
+        PlainTrainConfig(state_key=EST_STATE_KEY)
+    est_dir = tmp_path / "estimator"
+    fit_estimator([tiny_dataset], est_dir, EstimatorTrainConfig(folds=3), progress=False)
+    est = crossfit_estimates(est_dir, [tiny_dataset])
+    clips = ClipDataset(tiny_dataset, num_frames=1, split="all", progress=False)
+    ident = Normalizer([0.0] * 43, [1.0] * 43)
+    samples = PlainSamples(clips, n_obs=2, horizon=4, state_norm=ident, action_norm=Normalizer([0.0] * 4, [1.0] * 4),
+                           text_index={t: 0 for t in {e.task for e in clips.episodes}}, state_key=EST_STATE_KEY,
+                           estimates=est)
+    ep = clips.episodes[2]
+    row = est[str(LeRobotDataset(tiny_dataset).root.resolve())][ep.global_start + 5]
+    item = samples[sum(e.length for e in clips.episodes[:2]) + 5]  # episode 2, step 5
+    np.testing.assert_allclose(item["state"][1].numpy(), np.concatenate([clips.states[ep.start + 5], row]))
+
+    cfg = PlainTrainConfig(state_key=EST_STATE_KEY, estimator=str(est_dir), val_fraction=0.34,
+                           optim=OptimConfig(steps=2, batch_size=8, warmup=1, save_every=2, val_items=8))
+    ckpt = train_plain(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = PlainPolicyModel.from_pretrained(ckpt)
+    assert model.cfg.state_dim == 4 + 39
+    assert model.checkpoint_meta["parents"]["estimator"]["path"] == str(est_dir.resolve())
+    policy = load_policy(ckpt)
+    assert not policy.metadata["privileged"] and policy.metadata["state_dim"] == 4
+    assert policy.metadata["camera_keys"] == [CAM]
+    policy.reset(ep.task)
+    frame = clips.frames[ep.start + 5]
+    out = policy.infer({CAM: frame, "observation.state": clips.states[ep.start + 5]})
+    assert out["actions"].shape == (8, 4) and out["estimated_state"].shape == (39,)
+    with torch.no_grad():
+        want = policy.estimator(image_to_model(frame, 64)[None], ep.task)[0].numpy()
+    np.testing.assert_allclose(out["estimated_state"], want, atol=1e-5)
+    with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
+        policy.infer({CAM: frame, "observation.state": clips.states[ep.start][:2]})
 
 
 def test_aux_read_out_learns_its_target_and_never_acts():

@@ -49,7 +49,8 @@ from repwam.config import ModelConfig
 from repwam.data.transforms import Normalizer, image_to_model
 from repwam.errors import RepwamError
 from repwam.policy.base import INSTRUCTION_KEY, read_state
-from repwam.serve import ENV_STATE_KEY, STATE_KEY, validate_observation
+from repwam.policy.estimator import StateEstimator, load_estimator, policy_cameras, robot_and_estimate
+from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY, validate_observation
 from repwam.layers import MLP, sincos_1d, sincos_2d
 
 ENCODERS = ("vit", "resnet")
@@ -444,7 +445,7 @@ class PlainPolicy:
     SETTINGS = ("execute", "steps", "seed", "device")  # what `load_policy(path, **settings)` takes
 
     def __init__(self, model: PlainPolicyModel, text, *, execute: int = 8, steps: int | None = None, seed: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", estimator: StateEstimator | None = None):
         meta = model.checkpoint_meta
         c = model.cfg
         if not 1 <= int(execute) <= c.horizon:
@@ -463,13 +464,20 @@ class PlainPolicy:
         # simulator observation, which the robot's protocol then does not ask for
         self.state_key = meta.get("state_key", STATE_KEY)
         privileged = self.state_key == ENV_STATE_KEY
+        # EST_STATE_KEY: the state reads the robot's state followed by the estimator's reading of its cameras
+        self.estimator, robot_state_dim = None, c.state_dim
+        if self.state_key == EST_STATE_KEY:
+            if estimator is None:
+                raise RepwamError(f"{meta.get('path')} reads {EST_STATE_KEY}: it needs its state estimator")
+            self.estimator = estimator.eval()
+            robot_state_dim = c.state_dim - estimator.cfg.target_dim
         self.metadata: dict[str, Any] = {
             "policy": "plain",
             "checkpoint": meta.get("path"),
-            "camera_keys": list(self.cameras),
+            "camera_keys": policy_cameras(self.cameras, self.estimator),
             "image_size": c.image_size,
             "max_image_size": MAX_IMAGE_SIZE,
-            "state_dim": 0 if privileged else c.state_dim,
+            "state_dim": 0 if privileged else robot_state_dim,
             "action_dim": c.action_dim,
             "action_horizon": self.execute,
             "instruction_key": INSTRUCTION_KEY,
@@ -491,7 +499,9 @@ class PlainPolicy:
             if not spec:
                 raise RepwamError(f"{path}: config.json names no text encoder")
             text_encoder = TextEncoder(spec["name"], max_length=spec.get("max_length"))
-        return cls(model, text_encoder, execute=execute, steps=steps, seed=seed, device=device)
+        meta = model.checkpoint_meta
+        estimator = load_estimator(meta, f"the plain policy {path}") if meta.get("state_key") == EST_STATE_KEY else None
+        return cls(model, text_encoder, execute=execute, steps=steps, seed=seed, device=device, estimator=estimator)
 
     # ------------------------------------------------------------------ episode
     def reset(self, instruction: str) -> None:
@@ -501,6 +511,7 @@ class PlainPolicy:
             emb, mask = self.text.encode(instruction)
             self._text_memo[instruction] = (emb[None].to(self.device), mask[None].to(self.device))
         self._episode = {
+            "instruction": instruction,
             "text": self._text_memo[instruction],
             "frames": deque(maxlen=self.model.cfg.n_obs),  # (images (V, 3, S, S), state (D_s,) or None)
             "queue": deque(),  # planned (unnormalised) actions still to execute
@@ -515,8 +526,12 @@ class PlainPolicy:
         obs = validate_observation(obs, self.metadata, strict=False)
         ep, c = self._episode, self.model.cfg
         image = torch.stack([image_to_model(obs[cam], c.image_size) for cam in self.cameras])  # (V, 3, S, S)
-        state = None
-        if self.state_norm is not None:
+        state, out = None, {}
+        if self.estimator is not None:
+            robot = read_state(obs, STATE_KEY, self.metadata["state_dim"])
+            full, out["estimated_state"] = robot_and_estimate(self.estimator, obs, robot, ep["instruction"])
+            state = self.state_norm(full)
+        elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, c.state_dim))
         frames = ep["frames"]
         while len(frames) < c.n_obs - 1:  # an episode's first frame stands in for the frames before it
@@ -526,7 +541,7 @@ class PlainPolicy:
             self._plan()
         actions = np.stack(list(ep["queue"])).astype(np.float32)
         ep["queue"].popleft()
-        return {"actions": actions}
+        return {"actions": actions, **out}
 
     def _plan(self) -> None:
         ep, c = self._episode, self.model.cfg

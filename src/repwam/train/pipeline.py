@@ -41,6 +41,9 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  deployable (camera and robot state only), privileged in training; shares repwam's pretraining.
                  `estimator_cameras` and `estimator_layouts_per_task` give its estimator more views and more
                  labelled layouts than the demonstrations' camera
+    plain_estimator  the plain policy whose state reads the robot's state followed by repwam_est's estimator's reading
+                 (`repwam train plain --state-key observation.estimated_state --estimator ...`): repwam_est's
+                 baseline, the same inputs without the world action model
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -67,9 +70,9 @@ from repwam.errors import RepwamError
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
-        "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est")
+        "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
-PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est")  # by `repwam train plain`; runs plain_<row>_s<seed>
+PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est", "plain_estimator")  # `repwam train plain`: plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
               "plain_est": ["--aux-key", ENV_STATE_KEY, "--aux-feedback"]}
 
@@ -247,9 +250,12 @@ class Pipeline:
         """The jobs of one (row, seed); returns the evaluation job."""
         c, tag = self.cfg, f"{row}_s{seed}"
         if row in PLAIN_ROWS:
-            run = eval_run(row, seed)
-            args = ["--preset", c.preset, *PLAIN_ARGS[row]]
-            return self.evaluate(run, [self.train("plain", run, c.plain_steps, args, [self.dataset()], seed)])
+            run, needs = eval_run(row, seed), [self.dataset()]
+            args = ["--preset", c.preset, *PLAIN_ARGS.get(row, [])]
+            if row == "plain_estimator":  # repwam_est's estimator, the same one
+                needs.append(self.estimator())
+                args += ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
+            return self.evaluate(run, [self.train("plain", run, c.plain_steps, args, needs, seed)])
         tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae", "teacher": "teacher"}.get(row, "default")
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),

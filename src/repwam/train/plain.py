@@ -11,6 +11,9 @@ The state is `observation.state` (the robot's: hand xyz + gripper) by default; `
 observation.environment_state` gives the policy the full simulator observation instead (object poses and the goal):
 a privileged reference that tells how well the same policy does when it need not see the goal (not deployable:
 a real robot has no such observation).
+`state_key = observation.estimated_state` with `estimator` (a `repwam train estimator` checkpoint) reads the robot's
+state followed by the state estimator's reading of the cameras: cross-fitted estimates of each frame in training (as
+the WAM's repwam_est row), the estimator run on the cameras at every step when deployed.
 `aux_key = observation.environment_state` keeps the camera policy and adds a privileged *training target* instead:
     aux          (D_e,)                   the simulator observation at step t, normalised (std floored)
 which an MLP on the pooled observation memory regresses (`PlainConfig.aux_dim`, MSE times `aux_weight` added to the
@@ -41,13 +44,13 @@ from repwam.data.dataset import ClipDataset, split_spec
 from repwam.data.transforms import Normalizer, frames_to_model
 from repwam.errors import RepwamError
 from repwam.policy.plain import ENCODERS, PlainConfig, PlainPolicyModel
-from repwam.serve import ENV_STATE_KEY, STATE_KEY
+from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
 from repwam.wam.data import ENV_STATE_MIN_STD, TextTable, dataset_stats
 from repwam.wam.text import TextEncoder
 
 VAL_BATCH = 64  # validation batch size (only speed depends on it)
-STATE_KEYS = (STATE_KEY, ENV_STATE_KEY)
+STATE_KEYS = (STATE_KEY, ENV_STATE_KEY, EST_STATE_KEY)
 
 
 @dataclass
@@ -56,6 +59,8 @@ class PlainTrainConfig:
     encoder: str | None = None  # "vit" | "resnet"; None: the preset's
     cameras: tuple[str, ...] | None = None  # the views it sees at once (None: every camera of the first dataset)
     state_key: str = STATE_KEY  # or ENV_STATE_KEY ("observation.environment_state"): the privileged reference
+    # or EST_STATE_KEY: the robot's state followed by `estimator`'s reading of the cameras (cross-fitted in training)
+    estimator: str | None = None  # a `repwam train estimator` checkpoint, fitted on this data (or its episodes)
     aux_key: str | None = None  # ENV_STATE_KEY: read the simulator state out of the memory in training (None: off)
     aux_weight: float = 1.0  # the read-out's MSE weight in the loss
     aux_feedback: bool = False  # with aux_key: the read-out (detached) is also a memory token (PlainConfig)
@@ -78,6 +83,9 @@ class PlainTrainConfig:
             raise RepwamError(f"aug_shift must be >= 0, got {self.aug_shift}")
         if self.aux_key not in (None, ENV_STATE_KEY):
             raise RepwamError(f"aux_key must be {ENV_STATE_KEY!r} or unset, got {self.aux_key!r}")
+        if (self.state_key == EST_STATE_KEY) != bool(self.estimator):
+            raise RepwamError(f"--estimator DIR goes with --state-key {EST_STATE_KEY} (its estimates feed the state "
+                              f"token), got state_key={self.state_key!r}, estimator={self.estimator!r}")
         if self.aux_key is not None and self.state_key == ENV_STATE_KEY:
             raise RepwamError("aux_key reads the simulator state the policy already gets as state_key: pick one")
         if self.aux_feedback and self.aux_key is None:
@@ -86,15 +94,30 @@ class PlainTrainConfig:
             raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
 
 
+def plain_states(clips: ClipDataset, state_key: str, estimates: dict[str, np.ndarray] | None = None) -> np.ndarray:
+    """The (N, D_s) states of every row of `clips` the state token reads: the robot's, the simulator's, or (with a
+    state estimator's cross-fitted `estimates`, {dataset root: (num_frames, D)}) the robot's followed by the
+    estimate of that frame."""
+    states = clips.env_states if state_key == ENV_STATE_KEY else clips.states
+    if clips.actions is None or states is None:
+        raise RepwamError(f"the plain policy learns from `action` and `{state_key}`: some dataset lacks them")
+    if state_key != EST_STATE_KEY:
+        return states
+    if estimates is None:
+        raise RepwamError(f"state_key {EST_STATE_KEY!r} reads a state estimator's cross-fitted estimates: pass them")
+    roots = [str(Path(ds.root).resolve()) for ds in clips.datasets]
+    est = np.concatenate([estimates[roots[ep.source]][ep.global_start : ep.global_start + ep.length]
+                          for ep in clips.episodes])  # (N, D), rows as the clips' (episode by episode)
+    return np.concatenate([states, est], 1).astype(np.float32)
+
+
 class PlainSamples(torch.utils.data.Dataset):
     """Per-step samples (see the module docstring) over the episodes of a ClipDataset of single frames."""
 
     def __init__(self, clips: ClipDataset, n_obs: int, horizon: int, state_norm: Normalizer,
                  action_norm: Normalizer, text_index: dict[str, int], state_key: str = STATE_KEY,
-                 aux_norm: Normalizer | None = None):
-        states = clips.states if state_key == STATE_KEY else clips.env_states
-        if clips.actions is None or states is None:
-            raise RepwamError(f"the plain policy learns from `action` and `{state_key}`: some dataset lacks them")
+                 aux_norm: Normalizer | None = None, estimates: dict[str, np.ndarray] | None = None):
+        states = plain_states(clips, state_key, estimates)
         if aux_norm is not None and clips.env_states is None:
             raise RepwamError(f"the read-out's target `{ENV_STATE_KEY}` is missing from some dataset")
         self.aux = aux_norm(clips.env_states).numpy() if aux_norm is not None else None
@@ -152,8 +175,16 @@ class PlainStage(Stage):
         train_clips = ClipDataset(data, split="train", **common)
         val_clips = ClipDataset(data, split="val", **common) if cfg.val_fraction > 0 else None
         datasets = train_clips.datasets
-        floor = ENV_STATE_MIN_STD if cfg.state_key == ENV_STATE_KEY else 0.0
-        self.state_norm = dataset_stats(datasets, cfg.state_key, floor)
+        self.estimator, estimates = None, None
+        if cfg.estimator:
+            from repwam.train.estimator import crossfit_estimates, estimator_ref
+
+            self.estimator, estimates = estimator_ref(cfg.estimator), crossfit_estimates(cfg.estimator, data)
+            st = plain_states(train_clips, cfg.state_key, estimates)  # the estimates have no stats.json
+            self.state_norm = Normalizer(st.mean(0).tolist(), np.maximum(st.std(0), ENV_STATE_MIN_STD).tolist())
+        else:
+            floor = ENV_STATE_MIN_STD if cfg.state_key == ENV_STATE_KEY else 0.0
+            self.state_norm = dataset_stats(datasets, cfg.state_key, floor)
         self.action_norm = dataset_stats(datasets, "action")
         if self.state_norm is None or self.action_norm is None:
             raise RepwamError(f"the plain policy normalises states and actions with meta/stats.json: some dataset has "
@@ -169,7 +200,8 @@ class PlainStage(Stage):
         episodes = train_clips.episodes + (val_clips.episodes if val_clips is not None else [])
         self.text = TextTable(sorted({ep.task for ep in episodes}), encoder)
         samples = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, state_norm=self.state_norm, action_norm=self.action_norm,
-                       text_index=self.text.index, state_key=cfg.state_key, aux_norm=self.aux_norm)
+                       text_index=self.text.index, state_key=cfg.state_key, aux_norm=self.aux_norm,
+                       estimates=estimates)
         self.train_set = PlainSamples(train_clips, **samples)
         self.val_set = PlainSamples(val_clips, **samples) if val_clips is not None else None
         overrides = dict(n_obs=cfg.n_obs, horizon=cfg.horizon, text_dim=encoder.dim, num_views=len(train_clips.cameras),
@@ -246,6 +278,7 @@ class PlainStage(Stage):
             "frame_stride": 1,
             "data": self.data,
             "split": self.split,
+            **({"parents": {"estimator": self.estimator}} if self.estimator else {}),
         }
 
 

@@ -1,0 +1,100 @@
+"""How far off is a fitted state estimator on episodes unlike the ones it was fitted on?
+
+The estimator's cross-validated error is measured on held-out *demonstrations*: the expert's arm poses and object
+motions. In closed loop the policy leaves that distribution (its failures push the puck off, wander, hover), and the
+evaluation's `estimate_err_cm` shows the reading degrading there. This applies saved estimators to the frames of
+another dataset (never fitted on: e.g. DART demonstrations with noise on the executed actions, `repwam data
+generate --action-noise 0.5 --seed 2`) and prints and saves, per task, the mean 3-D error (cm) of the object and the
+goal over every frame (beside the same on the estimator's own demonstrations, cross-fitted), and over the frames where the hand is farther than 10 cm from where the expert's would be
+heading (the object for push/pick-place/peg, the goal for reach): the off-path states a policy's mistakes lead to.
+
+    python benchmarks/estimator_shift.py --data outputs/estview/dart05_seed2 \
+        --estimator outputs/hard60/runs/estimator --estimator outputs/estview/est2v_l80
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+from repwam.data.lerobot import LeRobotDataset
+from repwam.eval.probes import STATE_GROUPS
+from repwam.policy.estimator import StateEstimator
+from repwam.serve import ENV_STATE_KEY
+from repwam.tokenizer.teachers import build_teacher, teacher_options
+from repwam.tokenizer.tokenize import teacher_cache
+
+OUT = Path(__file__).parent / "results" / "estimator_shift.json"
+OFF_PATH_M = 0.10
+
+
+def estimate(model: StateEstimator, ds: LeRobotDataset) -> np.ndarray:
+    """(num_frames, D): the estimator on every frame of `ds`, from the teacher features cached in its folder."""
+    c = model.cfg
+    teacher = build_teacher(c.teacher, **teacher_options(c.teacher_layer, c.teacher_input_size))
+    feats = torch.cat([teacher_cache(ds.root, teacher, c.grid, progress=True, camera=cam).flatten(1).float()
+                       for cam in c.cameras], 1)  # (N, V·L·C)
+    out = np.zeros((ds.num_frames, c.target_dim), np.float32)
+    for e in range(ds.num_episodes):
+        lo = int(ds.episodes[e]["dataset_from_index"])
+        hi = lo + ds.episode_length(e)
+        out[lo:hi] = model.predict(feats[lo:hi], ds.episode_task(e)).numpy()
+    return out
+
+
+def shift_errors(est: np.ndarray, ds: LeRobotDataset) -> dict[str, dict[str, float]]:
+    hand, obj, goal = STATE_GROUPS["hand"], STATE_GROUPS["object"], STATE_GROUPS["goal"]
+    rows: dict[str, dict[str, list]] = {}
+    for e in range(ds.num_episodes):
+        y = np.asarray(ds.episode_data(e)[ENV_STATE_KEY], np.float32)
+        lo = int(ds.episodes[e]["dataset_from_index"])
+        p, task = est[lo : lo + len(y)], ds.episode_task(e)
+        target = goal if "gripper to the" in task else obj  # what the hand heads for first
+        off = np.linalg.norm(y[:, hand] - y[:, target], axis=1) > OFF_PATH_M
+        r = rows.setdefault(task, {"object": [], "goal": [], "off": []})
+        r["object"].append(np.linalg.norm(p[:, obj] - y[:, obj], axis=1))
+        r["goal"].append(np.linalg.norm(p[:, goal] - y[:, goal], axis=1))
+        r["off"].append(off)
+    out = {}
+    for task, r in rows.items():
+        o, g, off = (np.concatenate(r[k]) for k in ("object", "goal", "off"))
+        out[task] = {"object": round(100 * float(o.mean()), 2), "goal": round(100 * float(g.mean()), 2),
+                     "object_off_path": round(100 * float(o[off].mean()), 2) if off.any() else None,
+                     "goal_off_path": round(100 * float(g[off].mean()), 2) if off.any() else None,
+                     "off_path_fraction": round(float(off.mean()), 3)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--estimator", required=True, action="append", help="a fitted estimator (repeat to compare)")
+    ap.add_argument("--data", required=True, help="a dataset the estimators were not fitted on")
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args()
+    ds = LeRobotDataset(args.data)
+    results = {}
+    for path in args.estimator:
+        model = StateEstimator.from_pretrained(path).eval()
+        fitted = [f["root"] for f in model.checkpoint_meta.get("fit_data", [])]
+        if str(Path(args.data).resolve()) in fitted:
+            raise SystemExit(f"{path} was fitted on {args.data}: pick data it has not seen")
+        demos = LeRobotDataset(fitted[0])  # the same numbers on its own demonstrations, cross-fitted
+        crossfit = load_file(str(Path(path) / "estimates.safetensors"))["0"]
+        results[path] = {"shifted": shift_errors(estimate(model, ds), ds),
+                         "demonstrations_crossfit": shift_errors(crossfit, demos)}
+        for which, res in results[path].items():
+            for task, r in res.items():
+                print(f"{path} {which:24s} {task[:32]:32s} " + "  ".join(f"{k} {v}" for k, v in r.items()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"data": str(Path(args.data).resolve()), "off_path_m": OFF_PATH_M,
+                                          "cm": results}, indent=1))
+    print(f"-> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

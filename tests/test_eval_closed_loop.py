@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from repwam.data.generate import layout_seed
-from repwam.data.sim import EVAL_SEED_OFFSET
+from repwam.data.sim import EVAL_SEED_OFFSET, MetaWorldEnv
 from repwam.data.tasks import MT10, instruction
 from repwam.errors import RepwamError
 from repwam.eval.closed_loop import (EPISODES_FILE, RESULTS_FILE, PolicySpec, evaluate_policy, evaluation_seeds,
@@ -277,16 +277,40 @@ def test_a_policys_reading_of_the_scene_is_scored_against_the_simulator(tmp_path
         evaluate_policy(PolicySpec("test_eval_closed_loop:estimating", {"size": 7}), out_dir=tmp_path / "c", **kw)
 
 
+def test_record_keeps_the_episodes_as_a_dataset_with_their_simulator_labels(tmp_path):
+    """`record`: every episode run is kept (frames, robot and simulator state, executed actions), written as a LeRobot
+    dataset an estimator can be fitted on; a resumed run adds to it; episodes run before `record` are counted."""
+    from repwam.data.lerobot import LeRobotDataset
+
+    kw = dict(tasks="reach,push", seed=0, workers=0, max_steps=15, progress=False, videos_per_task=0)
+    spec = PolicySpec(RANDOM, {"seed": 0, "image_size": SIZE})
+    evaluate_policy(spec, episodes_per_task=1, out_dir=tmp_path, **kw)  # not recorded
+    res = evaluate_policy(spec, episodes_per_task=2, out_dir=tmp_path, record=True, **kw)
+    assert res["rollouts"] == {"path": str(tmp_path / "rollouts"), "episodes": 2, "not_recorded": 2}
+    ds = LeRobotDataset(tmp_path / "rollouts")
+    assert ds.num_episodes == 2 and ds.camera_keys == ["observation.images.corner3"]
+    assert [ds.episode_task(e) for e in range(2)] == [instruction("reach-v3"), instruction("push-v3")]
+    data = ds.episode_data(0)
+    assert ds.episode_length(0) == 15 and ds.episode_frames(0, ds.camera_keys[0]).shape == (15, SIZE, SIZE, 3)
+    env = np.asarray(data["observation.environment_state"])
+    np.testing.assert_allclose(np.asarray(data["observation.state"]), env[:, :4])
+    seed = next(r["seed"] for r in _lines(tmp_path / "episodes.jsonl") if r["task"] == "reach-v3" and r["episode"] == 1)
+    with MetaWorldEnv("reach-v3", cameras=("corner3",), image_size=SIZE) as sim:  # the first step's observation
+        np.testing.assert_allclose(env[0], sim.reset(seed), atol=1e-6)
+    assert np.abs(np.asarray(data["action"])).max() <= 1.0
+
+
 def test_cli_runs_the_expert(tmp_path):
     from typer.testing import CliRunner
 
     from repwam.cli import app
 
     r = CliRunner().invoke(app, ["eval", "policy", "--checkpoint", "expert", "--tasks", "reach", "--episodes", "1",
-                                 "--workers", "0", "--max-steps", "80", "--videos", "0", "--out", str(tmp_path)],
-                           catch_exceptions=False)
+                                 "--workers", "0", "--max-steps", "80", "--videos", "0", "--out", str(tmp_path),
+                                 "--record"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert "| reach-v3 | 100.0%" in r.output and (tmp_path / "success.png").exists()
+    assert f"rollouts: 1 episodes -> {tmp_path / 'rollouts'}" in r.output
 
 
 def test_demonstration_layouts_are_a_separate_diagnostic(tmp_path, tiny_dataset):

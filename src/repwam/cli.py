@@ -344,6 +344,8 @@ def eval_policy_cmd(
     videos: int = typer.Option(1, help="rollout videos per task (the first episodes)"),
     demo_layouts: Optional[Path] = typer.Option(None, help="diagnostic: run on the layouts of this dataset's "
                                                 "demonstrations instead of the evaluation layouts"),
+    record: bool = typer.Option(False, help="keep the episodes (frames, robot and simulator state, executed "
+                                "actions) as the LeRobot dataset OUT/rollouts: the states this policy visits"),
     setting: Optional[list[str]] = typer.Option(None, "--setting", help=SETTING_HELP),
 ):
     """Closed-loop success on Meta-World evaluation layouts: per-task success with 95% Wilson intervals, videos."""
@@ -355,8 +357,12 @@ def eval_policy_cmd(
     spec = policy_spec(checkpoint or server, seed=seed, settings=parse_settings(setting))
     results = evaluate_policy(spec, tasks=tasks, episodes_per_task=episodes, seed=seed,
                               workers=workers, out_dir=out, max_steps=max_steps, videos_per_task=videos,
-                              demo_layouts=demo_layouts)
+                              demo_layouts=demo_layouts, record=record)
     typer.echo(format_table(results) + f"\n\n(results: {out / 'results.json'}, plot: {results['plot']})")
+    if record:
+        r = results["rollouts"]
+        typer.echo(f"rollouts: {r['episodes']} episodes -> {r['path']}" + (
+            f" ({r['not_recorded']} ran before --record and are not in it)" if r["not_recorded"] else ""))
 
 
 @app.command("ablate", context_settings=TRAIN_CONTEXT, add_help_option=False)

@@ -65,6 +65,7 @@ from repwam.policy.base import INSTRUCTION_KEY, Policy
 CONFIG_FILE = "eval_config.json"
 EPISODES_FILE = "episodes.jsonl"
 RESULTS_FILE = "results.json"
+ROLLOUTS_STAGING = "rollouts_staging/{task}_ep{k:03d}.npz"  # one recorded episode (`record`), under out_dir
 PROTOCOL = "metaworld-closed-loop-v1"  # bump when the meaning of an episode record changes
 META_WORLD_MAX_STEPS = 500  # max_path_length of every Meta-World v3 task
 DEFAULT_GOAL_MARKER_SCALE = 3.0  # as in `repwam data generate`
@@ -274,7 +275,7 @@ def _checked_imagined(x: Any, policy: str, where: str) -> np.ndarray | None:
 
 
 def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, max_steps: int,
-                 video: str | None) -> dict[str, Any]:
+                 video: str | None, record: str | None = None) -> dict[str, Any]:
     policy = _worker_policy(spec)
     env = _worker_env(task, env_cfg, max_steps)
     text = instruction(task)
@@ -283,6 +284,7 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
     obs = env.reset(seed)
     views, imagined, infer_ms, dists = [], [], [], []
     est_err: dict[str, list[float]] = {"object": [], "goal": []}  # the policy's reading of the scene, per step
+    rollout: dict[str, list] = {}  # with `record`: every step's observation, executed action, reward, success
     success, steps = False, max_steps
     goal = obs[-3:].astype(float)  # the goal-observable obs ends with the goal's xyz; it never moves in an episode
     for t in range(max_steps):
@@ -307,6 +309,13 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
             views.append(np.concatenate(list(images.values()), axis=1))
             imagined.append(_checked_imagined(out.get("imagined"), str(spec), where))
         res = env.step(action)
+        if record:
+            for key, value in [*((f"{IMAGE_PREFIX}{cam}", im) for cam, im in images.items()),
+                               ("observation.state", observation["observation.state"]),
+                               (ENV_STATE_KEY, observation[ENV_STATE_KEY]),
+                               ("action", action),  # as executed (clipped)
+                               ("next.reward", np.float32([res.reward])), ("next.success", np.bool_([res.success]))]:
+                rollout.setdefault(key, []).append(value)
         obs = res.obs
         if res.goal_dist is not None:
             dists.append(res.goal_dist)
@@ -324,6 +333,10 @@ def _run_episode(spec: PolicySpec, env_cfg: dict, task: str, k: int, seed: int, 
         if any(x is not None for x in imagined):
             label += " (right: the policy's imagined future)"
         _write_rollout_video(views, imagined, success, label, Path(video))
+    if record:  # atomically, before the episode's line is written: a recorded line always has its rollout
+        tmp = Path(record).with_suffix(".tmp.npz")
+        np.savez(tmp, **{key: np.stack(v) for key, v in rollout.items()})
+        os.replace(tmp, record)
     ms = np.asarray(infer_ms)
     return {
         "task": task,
@@ -558,11 +571,16 @@ def evaluate_policy(
     videos_per_task: int = 1,
     progress: bool = True,
     demo_layouts: str | Path | None = None,
+    record: bool = False,
 ) -> dict[str, Any]:
     """Run `episodes_per_task` closed-loop episodes of every task (resuming a previous run in `out_dir`) and
     summarise them. Cameras and image size come from the policy's metadata. Returns the results (also in
     `out_dir/results.json`); `max_steps=None` is Meta-World's limit of 500 steps. `demo_layouts` (a generated
-    dataset) runs the episodes on its demonstrations' layouts instead (a diagnostic: `seed` is then unused)."""
+    dataset) runs the episodes on its demonstrations' layouts instead (a diagnostic: `seed` is then unused).
+    `record` keeps every episode run from now on (frames of the policy's cameras, robot and simulator state, the
+    executed actions) and writes the recorded ones as a LeRobot dataset, `out_dir/rollouts` (its episodes' `success`
+    in meta/episodes): the states this policy visits, with their simulator labels (e.g. to refit a state estimator
+    on them, `repwam train estimator --data DEMOS --data out_dir/rollouts`)."""
     spec = make_policy
     tasks = resolve_tasks(tasks)
     max_steps = META_WORLD_MAX_STEPS if max_steps is None else int(max_steps)
@@ -573,6 +591,8 @@ def evaluate_policy(
     out_dir = Path(out_dir)
     try:
         (out_dir / "videos").mkdir(parents=True, exist_ok=True)
+        if record:
+            (out_dir / ROLLOUTS_STAGING).parent.mkdir(exist_ok=True)
     except OSError as e:
         raise RepwamError(f"cannot create {out_dir}: {e.strerror}") from None
     config_path, episodes_path = out_dir / CONFIG_FILE, out_dir / EPISODES_FILE
@@ -600,7 +620,7 @@ def evaluate_policy(
             _check_settings(stored, settings, out_dir)
             _write_json(config_path, settings)
             _run_all(executor, spec, env_cfg, todo, seeds, records, max_steps, videos_per_task, out_dir,
-                     workers, total=len(seeds), resumed=resumed, progress=progress)
+                     workers, total=len(seeds), resumed=resumed, progress=progress, keep_rollouts=record)
         except BrokenProcessPool:
             raise RepwamError(
                 f"a worker process died while evaluating {spec} (a crash in the simulator or the policy); finished "
@@ -625,14 +645,38 @@ def evaluate_policy(
         "videos": sorted(str(out_dir / "videos" / r["video"]) for r in chosen if r.get("video")),
         "out_dir": str(out_dir),
     }
+    if record:
+        results["rollouts"] = write_rollouts(out_dir, [records[key] for key in seeds], stored, str(spec))
     _write_json(out_dir / RESULTS_FILE, results)
     (out_dir / "table.md").write_text(format_table(results) + "\n")
     results["plot"] = str(plot_success(results, out_dir / "success.png"))
     return results
 
 
+def write_rollouts(out_dir: Path, chosen: list[dict], settings: dict, policy: str) -> dict[str, Any]:
+    """The recorded episodes among `chosen`, in order, as the LeRobot dataset `out_dir/rollouts` (rewritten)."""
+    from repwam.data.generate import features
+    from repwam.data.lerobot import LeRobotWriter
+
+    env = settings["env"]
+    staged = [(r, ROLLOUTS_STAGING.format(task=r["task"], k=r["episode"])) for r in chosen]
+    kept = [(r, out_dir / f) for r, f in staged if (out_dir / f).exists()]
+    root = out_dir / "rollouts"
+    if kept:
+        with LeRobotWriter(root, fps=FPS, features=features(tuple(env["cameras"]), env["image_size"]),
+                           robot_type="sawyer", overwrite=True) as writer:
+            for r, path in kept:
+                with np.load(path) as ep:
+                    writer.add_episode({key: ep[key] for key in ep.files}, instruction(r["task"]),
+                                       extra_episode_meta={"success": bool(r["success"]), "seed": int(r["seed"]),
+                                                           "env_task": r["task"], "policy": policy})
+    return {"path": str(root) if kept else None, "episodes": len(kept),
+            "not_recorded": len(chosen) - len(kept)}  # run before --record was on
+
+
 def _run_all(executor, spec: PolicySpec, env_cfg: dict, todo: deque, seeds: dict, records: dict, max_steps: int,
-             videos_per_task: int, out_dir: Path, workers: int, *, total: int, resumed: int, progress: bool) -> None:
+             videos_per_task: int, out_dir: Path, workers: int, *, total: int, resumed: int, progress: bool,
+             keep_rollouts: bool = False) -> None:
     """Keep up to two episodes per worker in flight (task-major, so workers mostly reuse their env); record each
     finished episode at once. On an error, finish the episodes already running, record them, then raise."""
     episodes_path = out_dir / EPISODES_FILE
@@ -645,7 +689,8 @@ def _run_all(executor, spec: PolicySpec, env_cfg: dict, todo: deque, seeds: dict
             while todo and error is None and len(pending) < max(1, 2 * workers):
                 task, k = todo.popleft()
                 video = str(out_dir / "videos" / f"{task}_ep{k:03d}.mp4") if k < videos_per_task else None
-                fut = executor.submit(_run_episode, spec, env_cfg, task, k, seeds[task, k], max_steps, video)
+                rollout = str(out_dir / ROLLOUTS_STAGING.format(task=task, k=k)) if keep_rollouts else None
+                fut = executor.submit(_run_episode, spec, env_cfg, task, k, seeds[task, k], max_steps, video, rollout)
                 pending[fut] = (task, k)
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:

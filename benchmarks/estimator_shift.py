@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors.numpy import load_file
 
 from repwam.data.lerobot import LeRobotDataset
@@ -27,7 +26,7 @@ from repwam.eval.probes import STATE_GROUPS
 from repwam.policy.estimator import StateEstimator
 from repwam.serve import ENV_STATE_KEY
 from repwam.tokenizer.teachers import build_teacher, teacher_options
-from repwam.tokenizer.tokenize import teacher_cache
+from repwam.train.estimator import cached_features
 
 OUT = Path(__file__).parent / "results" / "estimator_shift.json"
 OFF_PATH_M = 0.10
@@ -37,8 +36,7 @@ def estimate(model: StateEstimator, ds: LeRobotDataset) -> np.ndarray:
     """(num_frames, D): the estimator on every frame of `ds`, from the teacher features cached in its folder."""
     c = model.cfg
     teacher = build_teacher(c.teacher, **teacher_options(c.teacher_layer, c.teacher_input_size))
-    feats = torch.cat([teacher_cache(ds.root, teacher, c.grid, progress=True, camera=cam).flatten(1).float()
-                       for cam in c.cameras], 1)  # (N, V·L·C)
+    feats = cached_features(ds.root, teacher, c.grid, c.cameras, progress=True)  # (N, V·L·C)
     out = np.zeros((ds.num_frames, c.target_dim), np.float32)
     for e in range(ds.num_episodes):
         lo = int(ds.episodes[e]["dataset_from_index"])

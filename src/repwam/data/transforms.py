@@ -63,5 +63,11 @@ class Normalizer:
         return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
 
     @classmethod
+    def from_array(cls, x: np.ndarray, min_std: float = 0.0) -> "Normalizer":
+        """Per-dimension statistics of the rows of x (N, D), each std floored at `min_std` (for data without a
+        stats.json, e.g. a state estimator's estimates)."""
+        return cls(x.mean(0).tolist(), np.maximum(x.std(0), min_std).tolist())
+
+    @classmethod
     def from_dict(cls, d: dict) -> "Normalizer":
         return cls(list(d["mean"]), [max(float(s), 1e-6) for s in d["std"]])

@@ -1,8 +1,9 @@
 """`repwam train estimator`: fit the state estimator (`repwam.policy.estimator`) by ridge regression, cross-fitted.
 
 Closed form, no training loop: the teacher's features of every frame (the tokenizer's cached alignment targets,
-`<data>/cache/teacher/...`, computed when missing; several views' side by side) are standardised, and a ridge map to the simulator observation
-(`observation.environment_state`, normalised per dimension, std floored) is fitted on every `frame_stride`-th frame
+`<data>/cache/teacher/...`, computed when missing; several views' side by side) are standardised, and a ridge map to
+the simulator observation (`observation.environment_state`, normalised per dimension, std floored) is fitted on every
+`frame_stride`-th frame
 (the latent-frame boundaries a WAM's state token reads, by default), one map per task (`per_task`). Each output
 dimension's ridge strength is picked by K-fold cross-validation over episodes (folds stratified by task), and every
 frame of every episode is also predicted by the fold that did not see its episode: those *cross-fitted* estimates are
@@ -111,6 +112,14 @@ def episode_folds(datasets: list[LeRobotDataset], k: int) -> list[list[int]]:
     return folds
 
 
+def cached_features(root: str | Path, teacher, grid: tuple[int, int], cameras: tuple[str, ...],
+                    progress: bool = False) -> torch.Tensor:
+    """(num_frames, V·L·C) float: every frame's teacher features of each view on the grid, side by side in `cameras`
+    order (what `StateEstimator.features` computes from images), from the dataset's cache (made when missing)."""
+    return torch.cat([teacher_cache(root, teacher, grid, progress=progress, camera=c).flatten(1) for c in cameras],
+                     1).float()
+
+
 def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainConfig | None = None,
                   progress: bool = True) -> dict:
     """Fit, cross-fit and save (see the module docstring); returns the fit report."""
@@ -134,8 +143,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
     feats, targets = [], []
     for ds in datasets:
-        f = [teacher_cache(ds.root, teacher, cfg.grid, progress=progress, camera=c) for c in cameras]  # (n, L, C)
-        feats.append(torch.cat([v.flatten(1) for v in f], 1).float())  # (num_frames, V·L·C)
+        feats.append(cached_features(ds.root, teacher, cfg.grid, cameras, progress))
         targets.append(torch.cat([torch.from_numpy(np.array(ds.episode_data(e)[ENV_STATE_KEY], np.float32))
                                   for e in range(ds.num_episodes)]))
     del teacher
@@ -246,7 +254,8 @@ def crossfit_estimates(estimator: str | Path, roots: list[str | Path]) -> dict[s
                     None, episodes_hash(ds)):
                 raise RepwamError(f"{key} has changed since the estimator {estimator} was fitted on it: refit it")
         else:
-            same = [i for i, f in enumerate(fitted) if f.get("episodes_hash") == episodes_hash(ds)]
+            h = episodes_hash(ds)  # reads every episode's simulator state: once per root
+            same = [i for i, f in enumerate(fitted) if f.get("episodes_hash") == h]
             if not same:
                 raise RepwamError(f"the estimator {estimator} was fitted on {[f['root'] for f in fitted]}, not on "
                                   f"{key} nor on its episodes: fit it on the data the world action model adapts on "

@@ -181,7 +181,7 @@ class PlainStage(Stage):
 
             self.estimator, estimates = estimator_ref(cfg.estimator), crossfit_estimates(cfg.estimator, data)
             st = plain_states(train_clips, cfg.state_key, estimates)  # the estimates have no stats.json
-            self.state_norm = Normalizer(st.mean(0).tolist(), np.maximum(st.std(0), ENV_STATE_MIN_STD).tolist())
+            self.state_norm = Normalizer.from_array(st, ENV_STATE_MIN_STD)
         else:
             floor = ENV_STATE_MIN_STD if cfg.state_key == ENV_STATE_KEY else 0.0
             self.state_norm = dataset_stats(datasets, cfg.state_key, floor)

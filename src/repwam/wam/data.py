@@ -141,7 +141,7 @@ class WAMClips(torch.utils.data.Dataset):
             raise RepwamError(f"no clip with a real transition in the {split} episodes")
         if robot and self.state_norm is None:  # the estimates have no stats.json: from these episodes' frames
             st = np.concatenate(list(self.states.values()))
-            self.state_norm = Normalizer(st.mean(0).tolist(), np.maximum(st.std(0), ENV_STATE_MIN_STD).tolist())
+            self.state_norm = Normalizer.from_array(st, ENV_STATE_MIN_STD)
         self.instructions = sorted({t for ts in self.tasks for t in ts})
 
     @property

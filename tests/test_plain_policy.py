@@ -376,6 +376,17 @@ def test_estimated_state_reads_the_robot_state_and_the_estimators_reading(tiny_d
     np.testing.assert_allclose(out["estimated_state"], want, atol=1e-5)
     with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
         policy.infer({CAM: frame, "observation.state": clips.states[ep.start][:2]})
+    # the `estimator` setting: another estimator of the same state in its place (checked as RepWAM's is)
+    fit_estimator([tiny_dataset], tmp_path / "refit", EstimatorTrainConfig(folds=3, frame_stride=3), progress=False)
+    swapped = load_policy(ckpt, estimator=str(tmp_path / "refit"))
+    assert (swapped.estimator.weight - policy.estimator.weight).abs().max() > 0
+    swapped.reset(ep.task)
+    assert swapped.infer({CAM: frame, "observation.state": clips.states[ep.start + 5]})["actions"].shape == (8, 4)
+    plain = train_plain(PlainTrainConfig(val_fraction=0.34, optim=OptimConfig(steps=1, batch_size=8, warmup=1,
+                                                                               save_every=1, val_items=8)),
+                        [tiny_dataset], tmp_path / "plain", progress=False)
+    with pytest.raises(RepwamError, match="the estimator setting is for a policy that reads"):
+        load_policy(plain, estimator=str(est_dir))
 
 
 def test_aux_read_out_learns_its_target_and_never_acts():

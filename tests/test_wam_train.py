@@ -337,6 +337,7 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     camera itself, asks only for the robot's state and is not privileged."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
+    from repwam.policy.estimator import EstimatorConfig, StateEstimator
     from repwam.serve import EST_STATE_KEY
     from repwam.train.estimator import EstimatorTrainConfig, crossfit_estimates, fit_estimator
     from repwam.train.wam import WAMStage
@@ -382,8 +383,27 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
         policy.infer({**_episode_obs(ds, 0, 5), "observation.state": robot[0, :2]})
 
+    # the `estimator` setting: another estimator of the same state (refitted, say) in place of the trained-with one
+    refit = tmp_path / "refit"
+    fit_estimator([tiny_dataset], refit, EstimatorTrainConfig(folds=3, frame_stride=3), progress=False)
+    swapped = load_policy(ckpt, chunk=1, estimator=str(refit))
+    torch.testing.assert_close(swapped.estimator.weight, StateEstimator.from_pretrained(refit).weight)
+    assert (swapped.estimator.weight - policy.estimator.weight).abs().max() > 0  # not the trained-with one
+    swapped.reset(ds.episode_task(0))
+    assert np.isfinite(swapped.infer(_episode_obs(ds, 0, 0))["actions"]).all()
+    narrow = StateEstimator(EstimatorConfig(**{**policy.estimator.cfg.to_dict(), "target_dim": 3, "feature_dim": 0}))
+    narrow.save_pretrained(tmp_path / "narrow")
+    with pytest.raises(RepwamError, match="estimates 3 values"):
+        load_policy(ckpt, estimator=str(tmp_path / "narrow"))
+    other = StateEstimator(EstimatorConfig(**{**policy.estimator.cfg.to_dict(), "tasks": ["open the door"],
+                                              "feature_dim": 0}))
+    other.save_pretrained(tmp_path / "other_tasks")
+    with pytest.raises(RepwamError, match="has no map for"):
+        load_policy(ckpt, estimator=str(tmp_path / "other_tasks"))
+    with pytest.raises(RepwamError, match="the estimator setting is for a WAM that reads"):
+        load_policy(wam_ckpt, estimator=str(refit))
+
     # an estimator reading a view the WAM does not see: the policy asks for it and feeds both views to the estimator
-    from repwam.policy.estimator import EstimatorConfig, StateEstimator
     from repwam.policy.repwam import RepWAMPolicy
 
     cam, top = ds.camera_keys[0], "observation.images.topview"

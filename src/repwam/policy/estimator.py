@@ -24,12 +24,13 @@ The teacher is referenced by name in config.json (never copied); the weights fil
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from repwam.checkpoint import Pretrained
+from repwam.checkpoint import Pretrained, read_config
 from repwam.config import ModelConfig
 from repwam.data.transforms import image_to_model
 from repwam.errors import RepwamError
@@ -126,14 +127,30 @@ class StateEstimator(HoldsTeacher, Pretrained, nn.Module):
 
 
 # ---------------------------------------------------------------- what a policy with a state estimator shares
-def load_estimator(meta: dict, what: str) -> StateEstimator:
-    """The estimator a policy checkpoint's config.json names (parents.estimator: path + weights hash)."""
+def load_estimator(meta: dict, what: str, path: str | Path | None = None) -> StateEstimator:
+    """The estimator a policy checkpoint's config.json names (parents.estimator: path + weights hash), or (`path`,
+    the policies' `estimator` setting) another one fitted for the same state: e.g. refitted on the states the policy
+    visits in closed loop, so that better perception is tried without retraining the policy. Another estimator must
+    estimate the same `target_dim` values and have a map for every task the named one has."""
     ref = (meta.get("parents") or {}).get("estimator")
     if not ref:
         raise RepwamError(f"{what} reads a state estimator's estimates but its config.json names none")
-    estimator = StateEstimator.from_pretrained(ref["path"])
-    if estimator.checkpoint_meta["weights_hash"] != ref["weights_hash"]:
-        raise RepwamError(f"the state estimator at {ref['path']} is not the one {what} was trained on")
+    estimator = StateEstimator.from_pretrained(path or ref["path"])
+    if path is None:
+        if estimator.checkpoint_meta["weights_hash"] != ref["weights_hash"]:
+            raise RepwamError(f"the state estimator at {ref['path']} is not the one {what} was trained on")
+        return estimator.eval()
+    trained = read_config(ref["path"])["estimator"] if Path(ref["path"]).is_dir() else None
+    if trained is not None:
+        want_dim, want_tasks = trained["target_dim"], set(trained.get("tasks") or ())
+        have = estimator.cfg
+        if have.target_dim != want_dim:
+            raise RepwamError(f"the estimator setting {path} estimates {have.target_dim} values; {what} was trained "
+                              f"on an estimator of {want_dim}")
+        missing = sorted(want_tasks - set(have.tasks)) if have.tasks else []
+        if missing:
+            raise RepwamError(f"the estimator setting {path} has no map for {', '.join(map(repr, missing))}, which "
+                              f"{what}'s estimator ({ref['path']}) had")
     return estimator.eval()
 
 

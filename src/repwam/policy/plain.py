@@ -442,7 +442,7 @@ class PlainPolicy:
     empty sample a chunk of H and queue its first `execute`; return the queue (current action first) and pop it.
     """
 
-    SETTINGS = ("execute", "steps", "seed", "device")  # what `load_policy(path, **settings)` takes
+    SETTINGS = ("execute", "steps", "seed", "device", "estimator")  # what `load_policy(path, **settings)` takes
 
     def __init__(self, model: PlainPolicyModel, text, *, execute: int = 8, steps: int | None = None, seed: int = 0,
                  device: str = "cpu", estimator: StateEstimator | None = None):
@@ -488,8 +488,9 @@ class PlainPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, execute: int = 8, steps: int | None = None, seed: int = 0,
-                        device: str = "cpu", text_encoder=None) -> "PlainPolicy":
-        """Settings: execute (actions run per plan), steps (Euler steps), seed, device. `text_encoder`: an object
+                        device: str = "cpu", estimator: str | None = None, text_encoder=None) -> "PlainPolicy":
+        """Settings: execute (actions run per plan), steps (Euler steps), seed, device, estimator (another state
+        estimator's directory in place of the one it was trained with: `load_estimator`). `text_encoder`: an object
         with `encode(str) -> (emb, mask)` to use instead of the checkpoint's (tests, a shared encoder)."""
         from repwam.wam.text import TextEncoder
 
@@ -500,7 +501,11 @@ class PlainPolicy:
                 raise RepwamError(f"{path}: config.json names no text encoder")
             text_encoder = TextEncoder(spec["name"], max_length=spec.get("max_length"))
         meta = model.checkpoint_meta
-        estimator = load_estimator(meta, f"the plain policy {path}") if meta.get("state_key") == EST_STATE_KEY else None
+        if estimator is not None and meta.get("state_key") != EST_STATE_KEY:
+            raise RepwamError(f"the estimator setting is for a policy that reads {EST_STATE_KEY}; {path} reads "
+                              f"{meta.get('state_key') or 'observation.state'}")
+        estimator = (load_estimator(meta, f"the plain policy {path}", estimator)
+                     if meta.get("state_key") == EST_STATE_KEY else None)
         return cls(model, text_encoder, execute=execute, steps=steps, seed=seed, device=device, estimator=estimator)
 
     # ------------------------------------------------------------------ episode

@@ -39,7 +39,7 @@ from repwam.wam.text import TextEncoder
 
 
 class RepWAMPolicy:
-    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine")  # what `load_policy(path, **settings)` takes
+    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine", "estimator")  # what `load_policy(path, **settings)` takes
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
                  chunk: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
@@ -89,7 +89,9 @@ class RepWAMPolicy:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, path: str | Path, **settings) -> "RepWAMPolicy":
+    def from_pretrained(cls, path: str | Path, estimator: str | None = None, **settings) -> "RepWAMPolicy":
+        """`estimator`: another state estimator's directory in place of the one the WAM was trained with
+        (`load_estimator`)."""
         model = WorldActionModel.from_pretrained(path)
         meta = model.checkpoint_meta
         tok_ref = meta["parents"]["tokenizer"]
@@ -100,7 +102,11 @@ class RepWAMPolicy:
             lat = LatentActionTokenizer.from_pretrained(lat_ref["path"])
             if lat.checkpoint_meta["weights_hash"] != lat_ref["weights_hash"]:
                 raise RepwamError(f"the LAT at {lat_ref['path']} is not the one the WAM {path} was trained on")
-        estimator = load_estimator(meta, f"the WAM {path}") if meta.get("state_key") == EST_STATE_KEY else None
+        if estimator is not None and meta.get("state_key") != EST_STATE_KEY:
+            raise RepwamError(f"the estimator setting is for a WAM that reads {EST_STATE_KEY}; {path} reads "
+                              f"{meta.get('state_key') or 'observation.state'}")
+        estimator = (load_estimator(meta, f"the WAM {path}", estimator) if meta.get("state_key") == EST_STATE_KEY
+                     else None)
         spec = meta["text_encoder"]
         text = TextEncoder(spec["name"], max_length=spec.get("max_length"))
         return cls(model, tokenizer, lat, text, estimator=estimator, **settings)

@@ -96,6 +96,23 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     np.testing.assert_array_equal(crossfit_estimates(out, [copy])[str(copy.resolve())], est)
     with pytest.raises(RepwamError, match="takes images"):
         model(torch.zeros(3, 64, 64), task)
+    # targets="positions": the objects' orientations are their mean, in the map and in the cross-fitted estimates;
+    # the positions are what the full fit gives
+    from repwam.train.estimator import ORIENTATION_DIMS
+
+    with pytest.raises(RepwamError, match="targets is one of"):
+        EstimatorTrainConfig(targets="quaternions")
+    pos = fit_estimator([tiny_dataset], tmp_path / "pos", EstimatorTrainConfig(folds=3, frame_stride=2,
+                                                                              targets="positions"), progress=False)
+    assert pos["held_dims"] == list(ORIENTATION_DIMS) and pos["targets"] == "positions"
+    pmodel = StateEstimator.from_pretrained(tmp_path / "pos")
+    held, kept = list(ORIENTATION_DIMS), [d for d in range(39) if d not in ORIENTATION_DIMS]
+    assert float(pmodel.weight[..., held].abs().max()) == 0.0
+    mean = env[:, held].mean(0)  # over every frame of the data, every task
+    np.testing.assert_allclose(pmodel.bias[:, held].numpy(), np.broadcast_to(mean, (len(tasks), len(held))), atol=1e-5)
+    pest = crossfit_estimates(tmp_path / "pos", [tiny_dataset])[str(ds.root.resolve())]
+    np.testing.assert_allclose(pest[:, held], np.broadcast_to(mean, pest[:, held].shape), atol=1e-5)
+    np.testing.assert_allclose(pest[:, kept], est[:, kept], atol=1e-5)
     pooled = fit_estimator([tiny_dataset], tmp_path / "pooled", EstimatorTrainConfig(folds=3, per_task=False),
                            progress=False)
     assert pooled["maps"] == ["all tasks"] and StateEstimator.from_pretrained(tmp_path / "pooled").weight.shape[0] == 1

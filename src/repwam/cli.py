@@ -180,6 +180,8 @@ def train_estimator_cmd(
     frame_stride: int = typer.Option(4, help="fit on every n-th frame of each episode (4: latent-frame boundaries)"),
     folds: int = typer.Option(5, help="cross-validation and cross-fitting folds over episodes"),
     per_task: bool = typer.Option(True, help="one map per task (the instruction picks it); off: one for all tasks"),
+    targets: str = typer.Option("all", help="all: every dimension of the simulator observation; positions: "
+                                "Meta-World's positions, the objects' orientations held at their mean"),
 ):
     """Fit the state estimator: a ridge map from the frozen teacher's features of a camera frame to the simulator's
     observation (objects, goal), with cross-fitted estimates of every frame for `repwam train wam --stage adapt
@@ -187,7 +189,7 @@ def train_estimator_cmd(
     from repwam.train.estimator import EstimatorTrainConfig, fit_estimator
 
     report = fit_estimator(data, out, EstimatorTrainConfig(camera=camera, frame_stride=frame_stride, folds=folds,
-                                                           per_task=per_task))
+                                                           per_task=per_task, targets=targets))
     cm = ", ".join(f"{k} {v} cm" for k, v in report.get("cv_error_cm", {}).items())
     typer.echo(f"state estimator ({len(report['maps'])} maps) -> {out}; cross-validated error {cm or report['rmse']}")
 

@@ -9,7 +9,8 @@ dimension's ridge strength is picked by K-fold cross-validation over episodes (f
 frame of every episode is also predicted by the fold that did not see its episode: those *cross-fitted* estimates are
 what a WAM adapts on (`--state-key observation.estimated_state --estimator DIR`), so that its state token carries, in
 training, errors like the ones the deployed estimator makes on new layouts, not the near-perfect fit of the
-estimator's own training frames.
+estimator's own training frames. With `targets="positions"` the objects' orientations are not estimated (held at
+their mean): see EstimatorTrainConfig.targets.
 
 Saved to `<out>` (atomic): config.json (the teacher, camera, tasks, the fit report), model.safetensors (scaler and
 maps), estimates.safetensors (the cross-fitted estimates of each dataset, (num_frames, D) float32) and fit.json (the
@@ -38,6 +39,10 @@ from repwam.tokenizer.tokenize import teacher_cache
 from repwam.wam.data import ENV_STATE_MIN_STD
 
 POSITIONS = {k: STATE_GROUPS[k] for k in ("hand", "object", "goal")}  # the 3-D positions of Meta-World's observation
+# Meta-World's 39-d observation: hand 0:3, gripper 3, object 4:7 + its quaternion 7:11, a second object 11:14 + 14:18,
+# the previous frame's 18:36, the goal 36:39. The orientations are what `targets="positions"` leaves out.
+ORIENTATION_DIMS = (*range(7, 11), *range(14, 18), *range(25, 29), *range(32, 36))
+TARGETS = ("all", "positions")
 
 
 @dataclass
@@ -51,8 +56,15 @@ class EstimatorTrainConfig:
     per_task: bool = True  # one map per task (the instruction picks it); False: one map for every task
     folds: int = 5
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 6, 15))
+    # "all": every dimension of the simulator observation; "positions": Meta-World's positions only, the objects'
+    # orientations (ORIENTATION_DIMS) held at their mean. An orientation barely varies in the expert's episodes (its
+    # std under the state normaliser's floor), so a policy reads any change in its estimate as a large, unseen input;
+    # in a failing policy's rollouts it does vary (pucks knocked over), and an estimator refitted on them moves it
+    targets: str = "all"
 
     def __post_init__(self):
+        if self.targets not in TARGETS:
+            raise RepwamError(f"targets is one of {', '.join(TARGETS)}, got {self.targets!r}")
         if self.frame_stride < 1:
             raise RepwamError(f"frame_stride must be >= 1, got {self.frame_stride}")
         if self.folds < 2:
@@ -168,6 +180,10 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     x = ((x_all - feat_mean) / feat_std).double()
     y = ((y_all - y_mean) / y_std).double()
     alphas, dims = list(cfg.alphas), torch.arange(y.shape[1])
+    held = list(ORIENTATION_DIMS) if cfg.targets == "positions" else []  # estimated as their mean (all frames)
+    if held and y.shape[1] != 39:
+        raise RepwamError(f"targets='positions' reads Meta-World's 39-d observation; {ENV_STATE_KEY} has "
+                          f"{y.shape[1]} dimensions")
     n_maps = len(tasks) if cfg.per_task else 1
     weight, bias = torch.zeros(n_maps, x.shape[1], y.shape[1], dtype=x.dtype), torch.zeros(n_maps, y.shape[1])
     crossfit = torch.zeros(y.shape)
@@ -181,6 +197,9 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         crossfit[idx] = oof[best, :, dims].T
         w, b = ridge_path(x[idx][at], y[idx][at], alphas)  # (A, F, D), (A, D): every strength, pick per dimension
         weight[g], bias[g] = w[best, :, dims].T, b[best, dims].float()
+        if held:  # mean of the normalised target: 0 (weights 0, bias 0 -> y_mean in raw units)
+            crossfit[idx[:, None], torch.tensor(held)[None]] = 0.0
+            weight[g][:, held], bias[g][held] = 0.0, 0.0
         chosen.append([alphas[i] for i in best.tolist()])
         cv_nmse.append(round(float(nmse[best, dims].mean()), 5))
 
@@ -203,6 +222,8 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         "frames": int(len(x_all)),
         "fit_frames": int(at.sum()),
         "folds": cfg.folds,
+        "targets": cfg.targets,
+        "held_dims": held,  # estimated as their mean over every frame of the data
         "rmse": [round(float(v), 5) for v in err.pow(2).mean(0).sqrt()],
     }
     if y.shape[1] == 39:  # Meta-World: the mean 3-D error of each position, in cm, overall and per task

@@ -108,10 +108,14 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     pmodel = StateEstimator.from_pretrained(tmp_path / "pos")
     held, kept = list(ORIENTATION_DIMS), [d for d in range(39) if d not in ORIENTATION_DIMS]
     assert float(pmodel.weight[..., held].abs().max()) == 0.0
-    mean = env[:, held].mean(0)  # over every frame of the data, every task
-    np.testing.assert_allclose(pmodel.bias[:, held].numpy(), np.broadcast_to(mean, (len(tasks), len(held))), atol=1e-5)
+    task_of = np.concatenate([[ds.episode_task(e)] * ds.episode_length(e) for e in range(ds.num_episodes)])
     pest = crossfit_estimates(tmp_path / "pos", [tiny_dataset])[str(ds.root.resolve())]
-    np.testing.assert_allclose(pest[:, held], np.broadcast_to(mean, pest[:, held].shape), atol=1e-5)
+    for g, t in enumerate(tasks):  # each task's own mean (orientations differ between tasks' objects)
+        mean = env[task_of == t][:, held].mean(0)
+        np.testing.assert_allclose(pmodel.bias[g, held].numpy(), mean, atol=1e-5)
+        np.testing.assert_allclose(pest[task_of == t][:, held], np.broadcast_to(mean, ((task_of == t).sum(), len(held))),
+                                   atol=1e-5)
+    assert np.abs(pmodel.bias[0, held] - pmodel.bias[1, held]).max() > 1e-3  # not one mean for every task
     np.testing.assert_allclose(pest[:, kept], est[:, kept], atol=1e-5)
     pooled = fit_estimator([tiny_dataset], tmp_path / "pooled", EstimatorTrainConfig(folds=3, per_task=False),
                            progress=False)

@@ -57,7 +57,7 @@ class EstimatorTrainConfig:
     folds: int = 5
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 6, 15))
     # "all": every dimension of the simulator observation; "positions": Meta-World's positions only, the objects'
-    # orientations (ORIENTATION_DIMS) held at their mean. An orientation barely varies in the expert's episodes (its
+    # orientations (ORIENTATION_DIMS) held at their mean in the task's frames. An orientation barely varies in the expert's episodes (its
     # std under the state normaliser's floor), so a policy reads any change in its estimate as a large, unseen input;
     # in a failing policy's rollouts it does vary (pucks knocked over), and an estimator refitted on them moves it
     targets: str = "all"
@@ -180,7 +180,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     x = ((x_all - feat_mean) / feat_std).double()
     y = ((y_all - y_mean) / y_std).double()
     alphas, dims = list(cfg.alphas), torch.arange(y.shape[1])
-    held = list(ORIENTATION_DIMS) if cfg.targets == "positions" else []  # estimated as their mean (all frames)
+    held = list(ORIENTATION_DIMS) if cfg.targets == "positions" else []  # estimated as their map's mean
     if held and y.shape[1] != 39:
         raise RepwamError(f"targets='positions' reads Meta-World's 39-d observation; {ENV_STATE_KEY} has "
                           f"{y.shape[1]} dimensions")
@@ -197,9 +197,10 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         crossfit[idx] = oof[best, :, dims].T
         w, b = ridge_path(x[idx][at], y[idx][at], alphas)  # (A, F, D), (A, D): every strength, pick per dimension
         weight[g], bias[g] = w[best, :, dims].T, b[best, dims].float()
-        if held:  # mean of the normalised target: 0 (weights 0, bias 0 -> y_mean in raw units)
-            crossfit[idx[:, None], torch.tensor(held)[None]] = 0.0
-            weight[g][:, held], bias[g][held] = 0.0, 0.0
+        if held:  # the map's mean (per task: a peg's orientation is not a puck's)
+            mean = y[idx][:, held].mean(0).float()
+            crossfit[idx[:, None], torch.tensor(held)[None]] = mean
+            weight[g][:, held], bias[g][held] = 0.0, mean
         chosen.append([alphas[i] for i in best.tolist()])
         cv_nmse.append(round(float(nmse[best, dims].mean()), 5))
 
@@ -223,7 +224,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         "fit_frames": int(at.sum()),
         "folds": cfg.folds,
         "targets": cfg.targets,
-        "held_dims": held,  # estimated as their mean over every frame of the data
+        "held_dims": held,  # estimated as their mean over the map's frames (the task's)
         "rmse": [round(float(v), 5) for v in err.pow(2).mean(0).sqrt()],
     }
     if y.shape[1] == 39:  # Meta-World: the mean 3-D error of each position, in cm, overall and per task

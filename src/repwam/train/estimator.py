@@ -57,9 +57,10 @@ class EstimatorTrainConfig:
     folds: int = 5
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 6, 15))
     # "all": every dimension of the simulator observation; "positions": Meta-World's positions only, the objects'
-    # orientations (ORIENTATION_DIMS) held at their mean in the task's frames. An orientation barely varies in the expert's episodes (its
-    # std under the state normaliser's floor), so a policy reads any change in its estimate as a large, unseen input;
-    # in a failing policy's rollouts it does vary (pucks knocked over), and an estimator refitted on them moves it
+    # orientations (ORIENTATION_DIMS) held at their mean in the task's frames. An orientation barely varies in the
+    # expert's episodes (its std under the state normaliser's floor), so a policy reads any change in its estimate as
+    # a large, unseen input; in a failing policy's rollouts it does vary (pucks knocked over), and an estimator
+    # refitted on them moves it
     targets: str = "all"
 
     def __post_init__(self):

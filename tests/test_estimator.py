@@ -96,7 +96,7 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     np.testing.assert_array_equal(crossfit_estimates(out, [copy])[str(copy.resolve())], est)
     with pytest.raises(RepwamError, match="takes images"):
         model(torch.zeros(3, 64, 64), task)
-    # targets="positions": the objects' orientations are their mean, in the map and in the cross-fitted estimates;
+    # targets="positions": the objects' orientations are their median, in the map and in the cross-fitted estimates;
     # the positions are what the full fit gives
     from repwam.train.estimator import ORIENTATION_DIMS
 
@@ -110,11 +110,12 @@ def test_fit_saves_a_model_whose_camera_reading_matches_the_cache(tiny_dataset, 
     assert float(pmodel.weight[..., held].abs().max()) == 0.0
     task_of = np.concatenate([[ds.episode_task(e)] * ds.episode_length(e) for e in range(ds.num_episodes)])
     pest = crossfit_estimates(tmp_path / "pos", [tiny_dataset])[str(ds.root.resolve())]
-    for g, t in enumerate(tasks):  # each task's own mean (orientations differ between tasks' objects)
-        mean = env[task_of == t][:, held].mean(0)
-        np.testing.assert_allclose(pmodel.bias[g, held].numpy(), mean, atol=1e-5)
-        np.testing.assert_allclose(pest[task_of == t][:, held], np.broadcast_to(mean, ((task_of == t).sum(), len(held))),
-                                   atol=1e-5)
+    for g, t in enumerate(tasks):  # each task's own median (orientations differ between tasks' objects)
+        rows = torch.from_numpy(env[task_of == t][:, held])
+        typical = rows.median(0).values.numpy()  # torch's median: the lower of the two middle values
+        np.testing.assert_allclose(pmodel.bias[g, held].numpy(), typical, atol=1e-5)
+        np.testing.assert_allclose(pest[task_of == t][:, held],
+                                   np.broadcast_to(typical, ((task_of == t).sum(), len(held))), atol=1e-5)
     assert np.abs(pmodel.bias[0, held] - pmodel.bias[1, held]).max() > 1e-3  # not one mean for every task
     np.testing.assert_allclose(pest[:, kept], est[:, kept], atol=1e-5)
     pooled = fit_estimator([tiny_dataset], tmp_path / "pooled", EstimatorTrainConfig(folds=3, per_task=False),

@@ -181,7 +181,7 @@ def train_estimator_cmd(
     folds: int = typer.Option(5, help="cross-validation and cross-fitting folds over episodes"),
     per_task: bool = typer.Option(True, help="one map per task (the instruction picks it); off: one for all tasks"),
     targets: str = typer.Option("all", help="all: every dimension of the simulator observation; positions: "
-                                "Meta-World's positions, the objects' orientations held at their mean"),
+                                "Meta-World's positions, the objects' orientations held at their per-task median"),
 ):
     """Fit the state estimator: a ridge map from the frozen teacher's features of a camera frame to the simulator's
     observation (objects, goal), with cross-fitted estimates of every frame for `repwam train wam --stage adapt

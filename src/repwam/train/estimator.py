@@ -10,7 +10,7 @@ frame of every episode is also predicted by the fold that did not see its episod
 what a WAM adapts on (`--state-key observation.estimated_state --estimator DIR`), so that its state token carries, in
 training, errors like the ones the deployed estimator makes on new layouts, not the near-perfect fit of the
 estimator's own training frames. With `targets="positions"` the objects' orientations are not estimated (held at
-their mean): see EstimatorTrainConfig.targets.
+their median): see EstimatorTrainConfig.targets.
 
 Saved to `<out>` (atomic): config.json (the teacher, camera, tasks, the fit report), model.safetensors (scaler and
 maps), estimates.safetensors (the cross-fitted estimates of each dataset, (num_frames, D) float32) and fit.json (the
@@ -57,10 +57,10 @@ class EstimatorTrainConfig:
     folds: int = 5
     alphas: tuple[float, ...] = tuple(float(a) for a in np.logspace(-1, 6, 15))
     # "all": every dimension of the simulator observation; "positions": Meta-World's positions only, the objects'
-    # orientations (ORIENTATION_DIMS) held at their mean in the task's frames. An orientation barely varies in the
+    # orientations (ORIENTATION_DIMS) held at their median in the task's frames. An orientation barely varies in the
     # expert's episodes (its std under the state normaliser's floor), so a policy reads any change in its estimate as
-    # a large, unseen input; in a failing policy's rollouts it does vary (pucks knocked over), and an estimator
-    # refitted on them moves it
+    # a large, unseen input; in a failing policy's rollouts pucks tumble (17-59x that std), so an estimator refitted
+    # on them moves it, and so would their mean
     targets: str = "all"
 
     def __post_init__(self):
@@ -181,7 +181,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     x = ((x_all - feat_mean) / feat_std).double()
     y = ((y_all - y_mean) / y_std).double()
     alphas, dims = list(cfg.alphas), torch.arange(y.shape[1])
-    held = list(ORIENTATION_DIMS) if cfg.targets == "positions" else []  # estimated as their map's mean
+    held = list(ORIENTATION_DIMS) if cfg.targets == "positions" else []  # held at the map's median
     if held and y.shape[1] != 39:
         raise RepwamError(f"targets='positions' reads Meta-World's 39-d observation; {ENV_STATE_KEY} has "
                           f"{y.shape[1]} dimensions")
@@ -198,10 +198,10 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         crossfit[idx] = oof[best, :, dims].T
         w, b = ridge_path(x[idx][at], y[idx][at], alphas)  # (A, F, D), (A, D): every strength, pick per dimension
         weight[g], bias[g] = w[best, :, dims].T, b[best, dims].float()
-        if held:  # the map's mean (per task: a peg's orientation is not a puck's)
-            mean = y[idx][:, held].mean(0).float()
-            crossfit[idx[:, None], torch.tensor(held)[None]] = mean
-            weight[g][:, held], bias[g][held] = 0.0, mean
+        if held:  # the task's typical value: the median (a peg's orientation is not a puck's; rollouts tumble pucks)
+            typical = y[idx][:, held].median(0).values.float()
+            crossfit[idx[:, None], torch.tensor(held)[None]] = typical
+            weight[g][:, held], bias[g][held] = 0.0, typical
         chosen.append([alphas[i] for i in best.tolist()])
         cv_nmse.append(round(float(nmse[best, dims].mean()), 5))
 
@@ -225,7 +225,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         "fit_frames": int(at.sum()),
         "folds": cfg.folds,
         "targets": cfg.targets,
-        "held_dims": held,  # estimated as their mean over the map's frames (the task's)
+        "held_dims": held,  # held at their median over the map's frames (the task's)
         "rmse": [round(float(v), 5) for v in err.pow(2).mean(0).sqrt()],
     }
     if y.shape[1] == 39:  # Meta-World: the mean 3-D error of each position, in cm, overall and per task

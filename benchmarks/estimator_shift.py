@@ -6,10 +6,15 @@ evaluation's `estimate_err_cm` shows the reading degrading there. This applies s
 another dataset (never fitted on: e.g. DART demonstrations with noise on the executed actions, `repwam data
 generate --action-noise 0.5 --seed 2`) and prints and saves, per task, the mean 3-D error (cm) of the object and the
 goal over every frame (beside the same on the estimator's own demonstrations, cross-fitted), and over the frames where the hand is farther than 10 cm from where the expert's would be
-heading (the object for push/pick-place/peg, the goal for reach): the off-path states a policy's mistakes lead to.
+heading (the object for push/pick-place/peg, the goal for reach): the off-path states a policy's mistakes lead to;
+and over each episode's first frames. On a policy's recorded closed-loop rollouts (`repwam eval policy --record`,
+`OUT/rollouts`) each task is also split by the episodes' outcome: a failure read badly from its first frames was
+caused by perception; one read well at first and badly later went wrong first and was misread after.
 
     python benchmarks/estimator_shift.py --data outputs/estview/dart05_seed2 \
         --estimator outputs/hard60/runs/estimator --estimator outputs/estview/est2v_l80
+    python benchmarks/estimator_shift.py --data outputs/dagger/rec_s2/rollouts --estimator outputs/estview/est2v_l80 \
+        --out benchmarks/results/hard_tasks_estimator/dagger/estimator_on_rollouts.json
 """
 
 from __future__ import annotations
@@ -45,7 +50,13 @@ def estimate(model: StateEstimator, ds: LeRobotDataset) -> np.ndarray:
     return out
 
 
+FIRST_FRAMES = (0, 4, 8)  # the first frames whose state a WAM reads (one latent frame = 4 control steps)
+
+
 def shift_errors(est: np.ndarray, ds: LeRobotDataset) -> dict[str, dict[str, float]]:
+    """Per task (and, for recorded closed-loop rollouts, per task and outcome: "<task> | success" / "| failure"):
+    the mean error over every frame, over the off-path frames, and over the episodes' first frames (FIRST_FRAMES:
+    was the scene misread from the start, or only once the policy had gone wrong?)."""
     hand, obj, goal = STATE_GROUPS["hand"], STATE_GROUPS["object"], STATE_GROUPS["goal"]
     rows: dict[str, dict[str, list]] = {}
     for e in range(ds.num_episodes):
@@ -54,17 +65,27 @@ def shift_errors(est: np.ndarray, ds: LeRobotDataset) -> dict[str, dict[str, flo
         p, task = est[lo : lo + len(y)], ds.episode_task(e)
         target = goal if "gripper to the" in task else obj  # what the hand heads for first
         off = np.linalg.norm(y[:, hand] - y[:, target], axis=1) > OFF_PATH_M
-        r = rows.setdefault(task, {"object": [], "goal": [], "off": []})
-        r["object"].append(np.linalg.norm(p[:, obj] - y[:, obj], axis=1))
-        r["goal"].append(np.linalg.norm(p[:, goal] - y[:, goal], axis=1))
-        r["off"].append(off)
+        first = np.zeros(len(y), bool)
+        first[[f for f in FIRST_FRAMES if f < len(y)]] = True
+        outcome = ds.episodes[e].get("success")  # closed-loop rollouts (`repwam eval policy --record`) carry it
+        keys = [task] + ([f"{task} | {'success' if outcome else 'failure'}"] if outcome is not None else [])
+        for key in keys:
+            r = rows.setdefault(key, {"object": [], "goal": [], "off": [], "first": [], "episodes": 0})
+            r["object"].append(np.linalg.norm(p[:, obj] - y[:, obj], axis=1))
+            r["goal"].append(np.linalg.norm(p[:, goal] - y[:, goal], axis=1))
+            r["off"].append(off)
+            r["first"].append(first)
+            r["episodes"] += 1
     out = {}
-    for task, r in rows.items():
-        o, g, off = (np.concatenate(r[k]) for k in ("object", "goal", "off"))
-        out[task] = {"object": round(100 * float(o.mean()), 2), "goal": round(100 * float(g.mean()), 2),
-                     "object_off_path": round(100 * float(o[off].mean()), 2) if off.any() else None,
-                     "goal_off_path": round(100 * float(g[off].mean()), 2) if off.any() else None,
-                     "off_path_fraction": round(float(off.mean()), 3)}
+    for key, r in sorted(rows.items()):
+        o, g, off, first = (np.concatenate(r[k]) for k in ("object", "goal", "off", "first"))
+        out[key] = {"episodes": r["episodes"], "object": round(100 * float(o.mean()), 2),
+                    "goal": round(100 * float(g.mean()), 2),
+                    "object_off_path": round(100 * float(o[off].mean()), 2) if off.any() else None,
+                    "goal_off_path": round(100 * float(g[off].mean()), 2) if off.any() else None,
+                    "off_path_fraction": round(float(off.mean()), 3),
+                    "object_first_frames": round(100 * float(o[first].mean()), 2),
+                    "goal_first_frames": round(100 * float(g[first].mean()), 2)}
     return out
 
 

@@ -219,6 +219,12 @@ def test_estimator_cameras_render_the_demonstrations_again_for_the_estimator_onl
     one = ablation(tmp_path / "one", PipelineConfig(tasks="reach-v3", estimator_cameras="corner3"),
                    ["repwam_est"], [0]).jobs  # a view the demonstrations have: nothing rendered again
     assert "data-estimator" not in one and one["train-estimator"].needs == ["data"]
+    assert "--targets" not in one["train-estimator"].args  # the default: the whole observation
+    pos = ablation(tmp_path / "pos", PipelineConfig(tasks="reach-v3", estimator_targets="positions"),
+                   ["repwam_est"], [0]).jobs["train-estimator"].args
+    assert pos[pos.index("--targets") + 1] == "positions"
+    with pytest.raises(RepwamError, match="estimator_targets='positions'; this asks for estimator_targets='all'"):
+        ablation(tmp_path / "pos", PipelineConfig(tasks="reach-v3"), ["repwam_est"], [0])
 
 
 def test_pretraining_videos_feed_the_tokenizer_lat_and_pretraining_and_demonstrations_the_rest(tmp_path):

@@ -121,6 +121,9 @@ class PipelineConfig:
     # the WAM does not see are rendered for the estimator only (the demonstrations again, the same episodes, and the
     # extra layouts), and the deployed policy asks for them. Recorded like tok_args
     estimator_cameras: str = ""
+    # what the repwam_est row's estimator estimates (`repwam train estimator --targets`): all, or positions (the
+    # objects' orientations held at each task's median). Recorded like tok_args
+    estimator_targets: str = "all"
     # wall-time target (minutes) for one row's chain data -> ... -> evaluation: every training stage gets a share of
     # it (BUDGET_SHARES, after FIXED_MINUTES for the rest) as optim.minutes, its steps raised to STEPS_CAP_FACTOR x
     # the settings above as the cap, so the stages train for as long as the budget allows (None: the step counts)
@@ -309,6 +312,8 @@ class Pipeline:
                                                    "--image-size", c.image_size, "--out", layouts],
                                   layouts / "meta" / "info.json"))
             args += ["--data", layouts]
+        if c.estimator_targets != "all":
+            args += ["--targets", c.estimator_targets]
         return self.add("train-estimator", ["train", "estimator", *args, "--out", out, "--camera", views],
                         out / "finished", needs)
 
@@ -483,7 +488,8 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     f = p.out / "pipeline.json"
     was = json.loads(f.read_text())["config"] if f.exists() else {}
     for key, what in (("tok_args", "tokenizers trained"), ("estimator_layouts_per_task", "a state estimator fitted"),
-                      ("estimator_cameras", "a state estimator fitted")):
+                      ("estimator_cameras", "a state estimator fitted"),
+                      ("estimator_targets", "a state estimator fitted")):
         if f.exists() and was.get(key, PipelineConfig.__dataclass_fields__[key].default) != getattr(cfg, key):
             raise RepwamError(f"{p.out} holds {what} with {key}={was.get(key)!r}; this asks for "
                               f"{key}={getattr(cfg, key)!r}: use another --out")

@@ -106,8 +106,8 @@ def crossfit_ridge(x: torch.Tensor, y: torch.Tensor, fold: np.ndarray, fit_rows:
     for k in tqdm(sorted(set(fold.tolist())), desc="estimator folds", disable=not progress):
         tr = torch.from_numpy(fit_rows & (fold != k))
         ho = torch.from_numpy(fold == k)
-        w, b = ridge_path(x[tr], y[tr], alphas)
-        oof[:, ho] = (x[ho] @ w + b[:, None]).float()  # (A, n_ho, D)
+        w, b = ridge_path(x[tr].double(), y[tr], alphas)  # x may be float32 (memory): the solve is float64
+        oof[:, ho] = (x[ho].double() @ w + b[:, None]).float()  # (A, n_ho, D)
     return oof
 
 
@@ -126,11 +126,33 @@ def episode_folds(datasets: list[LeRobotDataset], k: int) -> list[list[int]]:
 
 
 def cached_features(root: str | Path, teacher, grid: tuple[int, int], cameras: tuple[str, ...],
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, out: torch.Tensor | None = None) -> torch.Tensor:
     """(num_frames, V·L·C) float: every frame's teacher features of each view on the grid, side by side in `cameras`
-    order (what `StateEstimator.features` computes from images), from the dataset's cache (made when missing)."""
-    return torch.cat([teacher_cache(root, teacher, grid, progress=progress, camera=c).flatten(1) for c in cameras],
-                     1).float()
+    order (what `StateEstimator.features` computes from images), from the dataset's cache (made when missing);
+    written into `out` when given (rows of a larger array: no second copy of the features in memory)."""
+    for v, c in enumerate(cameras):
+        f = teacher_cache(root, teacher, grid, progress=progress, camera=c).flatten(1)  # (N, L·C) float16
+        if out is None:
+            out = torch.empty(len(f), len(cameras) * f.shape[1])
+        out[:, v * f.shape[1] : (v + 1) * f.shape[1]] = f
+        del f
+    return out
+
+
+def standardise_(x: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each column of x (N, F) to zero mean and unit std (floored), in place and by row chunks (the features of a
+    hundred thousand frames of two views are ~6 GB in float32: no copy of them); returns the (mean, std) used."""
+    total, sq = torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros(x.shape[1], dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        total += x[i : i + chunk].double().sum(0)
+    mean = total / len(x)
+    for i in range(0, len(x), chunk):
+        sq += (x[i : i + chunk].double() - mean).pow(2).sum(0)
+    std = (sq / max(len(x) - 1, 1)).sqrt().clamp_min(1e-6)
+    mean, std = mean.float(), std.float()
+    for i in range(0, len(x), chunk):
+        x[i : i + chunk].sub_(mean).div_(std)
+    return mean, std
 
 
 def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainConfig | None = None,
@@ -154,14 +176,20 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
                                 teacher_input_size=cfg.teacher_input_size, grid=cfg.grid, cameras=cameras,
                                 image_size=sizes.pop(), tasks=tuple(tasks) if cfg.per_task else ())
     teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
-    feats, targets = [], []
-    for ds in datasets:
-        feats.append(cached_features(ds.root, teacher, cfg.grid, cameras, progress))
+    offsets = np.cumsum([0] + [ds.num_frames for ds in datasets])
+    x_all, targets = None, []  # the features of every frame of every dataset, (N, F) float32, filled in place
+    for d, ds in enumerate(datasets):
+        if x_all is None:
+            first = cached_features(ds.root, teacher, cfg.grid, cameras, progress)
+            x_all = torch.empty(int(offsets[-1]), first.shape[1])
+            x_all[: len(first)] = first
+            del first
+        else:
+            cached_features(ds.root, teacher, cfg.grid, cameras, progress, out=x_all[offsets[d] : offsets[d + 1]])
         targets.append(torch.cat([torch.from_numpy(np.array(ds.episode_data(e)[ENV_STATE_KEY], np.float32))
                                   for e in range(ds.num_episodes)]))
     del teacher
-    x_all, y_all = torch.cat(feats), torch.cat(targets)  # (N, F), (N, D)
-    offsets = np.cumsum([0] + [len(f) for f in feats])
+    y_all = torch.cat(targets)  # (N, D)
     fold_of = episode_folds(datasets, cfg.folds)
     fold = np.empty(len(x_all), np.int64)
     group = np.zeros(len(x_all), np.int64)  # the map each frame belongs to: its task's, or the one pooled map
@@ -176,9 +204,9 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     if len(set(fold.tolist())) < cfg.folds:
         raise RepwamError(f"{cfg.folds} folds need at least {cfg.folds} episodes per task")
 
-    feat_mean, feat_std = x_all.mean(0), x_all.std(0).clamp_min(1e-6)
+    feat_mean, feat_std = standardise_(x_all)  # x_all is the standardised features from here on (float32)
+    x = x_all
     y_mean, y_std = y_all.mean(0), y_all.std(0).clamp_min(ENV_STATE_MIN_STD)
-    x = ((x_all - feat_mean) / feat_std).double()
     y = ((y_all - y_mean) / y_std).double()
     alphas, dims = list(cfg.alphas), torch.arange(y.shape[1])
     held = list(ORIENTATION_DIMS) if cfg.targets == "positions" else []  # held at the map's median
@@ -186,7 +214,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         raise RepwamError(f"targets='positions' reads Meta-World's 39-d observation; {ENV_STATE_KEY} has "
                           f"{y.shape[1]} dimensions")
     n_maps = len(tasks) if cfg.per_task else 1
-    weight, bias = torch.zeros(n_maps, x.shape[1], y.shape[1], dtype=x.dtype), torch.zeros(n_maps, y.shape[1])
+    weight, bias = torch.zeros(n_maps, x.shape[1], y.shape[1], dtype=torch.float64), torch.zeros(n_maps, y.shape[1])
     crossfit = torch.zeros(y.shape)
     chosen, cv_nmse = [], []
     for g in tqdm(range(n_maps), desc="estimator maps", disable=not progress or n_maps == 1):
@@ -196,7 +224,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         nmse = ((oof[:, at] - y[idx][at].float()) ** 2).mean(1)  # (A, D): held out, at the fitted frames
         best = nmse.argmin(0)  # each dimension its own ridge strength
         crossfit[idx] = oof[best, :, dims].T
-        w, b = ridge_path(x[idx][at], y[idx][at], alphas)  # (A, F, D), (A, D): every strength, pick per dimension
+        w, b = ridge_path(x[idx][at].double(), y[idx][at], alphas)  # (A, F, D), (A, D): every strength, per dim
         weight[g], bias[g] = w[best, :, dims].T, b[best, dims].float()
         if held:  # the task's typical value: the median (a peg's orientation is not a puck's; rollouts tumble pucks)
             typical = y[idx][:, held].median(0).values.float()

@@ -34,6 +34,7 @@ from repwam.checkpoint import Pretrained, read_config
 from repwam.config import ModelConfig
 from repwam.data.transforms import image_to_model
 from repwam.errors import RepwamError
+from repwam.serve import EST_STATE_KEY
 from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.tokenizer.teachers.base import HoldsTeacher, teacher_targets
 
@@ -152,6 +153,20 @@ def load_estimator(meta: dict, what: str, path: str | Path | None = None) -> Sta
             raise RepwamError(f"the estimator setting {path} has no map for {', '.join(map(repr, missing))}, which "
                               f"{what}'s estimator ({ref['path']}) had")
     return estimator.eval()
+
+
+def policy_estimator(meta: dict, kind: str, checkpoint: str | Path, setting: str | Path | None = None
+                     ) -> StateEstimator | None:
+    """The state estimator a policy checkpoint's state reads (`load_estimator`), or None when it reads none;
+    `setting` (the policies' `estimator` inference setting) is refused for a policy that reads none. `kind`: "WAM",
+    "plain policy" (for the messages)."""
+    if meta.get("state_key") != EST_STATE_KEY:
+        if setting is not None:
+            noun = kind.split()[-1]  # WAM, policy
+            raise RepwamError(f"the estimator setting is for a {noun} that reads {EST_STATE_KEY}; {checkpoint} reads "
+                              f"{meta.get('state_key') or 'observation.state'}")
+        return None
+    return load_estimator(meta, f"the {kind} {checkpoint}", setting)
 
 
 def policy_cameras(cameras: list[str], estimator: StateEstimator | None) -> list[str]:

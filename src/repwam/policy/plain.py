@@ -49,7 +49,7 @@ from repwam.config import ModelConfig
 from repwam.data.transforms import Normalizer, image_to_model
 from repwam.errors import RepwamError
 from repwam.policy.base import INSTRUCTION_KEY, read_state
-from repwam.policy.estimator import StateEstimator, load_estimator, policy_cameras, robot_and_estimate
+from repwam.policy.estimator import StateEstimator, policy_cameras, policy_estimator, robot_and_estimate
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY, validate_observation
 from repwam.layers import MLP, sincos_1d, sincos_2d
 
@@ -501,11 +501,7 @@ class PlainPolicy:
                 raise RepwamError(f"{path}: config.json names no text encoder")
             text_encoder = TextEncoder(spec["name"], max_length=spec.get("max_length"))
         meta = model.checkpoint_meta
-        if estimator is not None and meta.get("state_key") != EST_STATE_KEY:
-            raise RepwamError(f"the estimator setting is for a policy that reads {EST_STATE_KEY}; {path} reads "
-                              f"{meta.get('state_key') or 'observation.state'}")
-        estimator = (load_estimator(meta, f"the plain policy {path}", estimator)
-                     if meta.get("state_key") == EST_STATE_KEY else None)
+        estimator = policy_estimator(meta, "plain policy", path, estimator)
         return cls(model, text_encoder, execute=execute, steps=steps, seed=seed, device=device, estimator=estimator)
 
     # ------------------------------------------------------------------ episode

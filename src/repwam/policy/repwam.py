@@ -31,7 +31,7 @@ from repwam.data.transforms import Normalizer, frames_from_model, image_to_model
 from repwam.errors import RepwamError
 from repwam.lat.model import LatentActionTokenizer
 from repwam.policy.base import INSTRUCTION_KEY, read_state
-from repwam.policy.estimator import StateEstimator, load_estimator, policy_cameras, robot_and_estimate
+from repwam.policy.estimator import StateEstimator, policy_cameras, policy_estimator, robot_and_estimate
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY, validate_observation
 from repwam.tokenizer.tokenize import load_parent_tokenizer
 from repwam.wam.model import WorldActionModel
@@ -102,11 +102,7 @@ class RepWAMPolicy:
             lat = LatentActionTokenizer.from_pretrained(lat_ref["path"])
             if lat.checkpoint_meta["weights_hash"] != lat_ref["weights_hash"]:
                 raise RepwamError(f"the LAT at {lat_ref['path']} is not the one the WAM {path} was trained on")
-        if estimator is not None and meta.get("state_key") != EST_STATE_KEY:
-            raise RepwamError(f"the estimator setting is for a WAM that reads {EST_STATE_KEY}; {path} reads "
-                              f"{meta.get('state_key') or 'observation.state'}")
-        estimator = (load_estimator(meta, f"the WAM {path}", estimator) if meta.get("state_key") == EST_STATE_KEY
-                     else None)
+        estimator = policy_estimator(meta, "WAM", path, estimator)
         spec = meta["text_encoder"]
         text = TextEncoder(spec["name"], max_length=spec.get("max_length"))
         return cls(model, tokenizer, lat, text, estimator=estimator, **settings)

@@ -177,15 +177,11 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
                                 image_size=sizes.pop(), tasks=tuple(tasks) if cfg.per_task else ())
     teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
     offsets = np.cumsum([0] + [ds.num_frames for ds in datasets])
-    x_all, targets = None, []  # the features of every frame of every dataset, (N, F) float32, filled in place
+    # the features of every frame of every dataset, (N, V·L·C) float32, filled in place
+    x_all = torch.empty(int(offsets[-1]), len(cameras) * cfg.grid[0] * cfg.grid[1] * teacher.dim)
+    targets = []
     for d, ds in enumerate(datasets):
-        if x_all is None:
-            first = cached_features(ds.root, teacher, cfg.grid, cameras, progress)
-            x_all = torch.empty(int(offsets[-1]), first.shape[1])
-            x_all[: len(first)] = first
-            del first
-        else:
-            cached_features(ds.root, teacher, cfg.grid, cameras, progress, out=x_all[offsets[d] : offsets[d + 1]])
+        cached_features(ds.root, teacher, cfg.grid, cameras, progress, out=x_all[offsets[d] : offsets[d + 1]])
         targets.append(torch.cat([torch.from_numpy(np.array(ds.episode_data(e)[ENV_STATE_KEY], np.float32))
                                   for e in range(ds.num_episodes)]))
     del teacher
@@ -204,8 +200,8 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     if len(set(fold.tolist())) < cfg.folds:
         raise RepwamError(f"{cfg.folds} folds need at least {cfg.folds} episodes per task")
 
-    feat_mean, feat_std = standardise_(x_all)  # x_all is the standardised features from here on (float32)
-    x = x_all
+    x = x_all  # standardised in place just below: from then on the model's input features (float32)
+    feat_mean, feat_std = standardise_(x)
     y_mean, y_std = y_all.mean(0), y_all.std(0).clamp_min(ENV_STATE_MIN_STD)
     y = ((y_all - y_mean) / y_std).double()
     alphas, dims = list(cfg.alphas), torch.arange(y.shape[1])

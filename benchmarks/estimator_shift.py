@@ -7,15 +7,14 @@ another dataset (never fitted on: e.g. DART demonstrations with noise on the exe
 generate --action-noise 0.5 --seed 2`) and prints and saves, per task, the mean 3-D error (cm) of the object and the
 goal over every frame (beside the same on the estimator's own demonstrations, cross-fitted), and over the frames where the hand is farther than 10 cm from where the expert's would be
 heading (the object for push/pick-place/peg, the goal for reach): the off-path states a policy's mistakes lead to;
-and over each episode's first frames; with `--hold-goal N`, also the goal's error when held from the first N
-frames' readings (the policies' `hold_goal` setting, `repwam.policy.estimator.StaticHold`). On a policy's recorded closed-loop rollouts (`repwam eval policy --record`,
+and over each episode's first frames. On a policy's recorded closed-loop rollouts (`repwam eval policy --record`,
 `OUT/rollouts`) each task is also split by the episodes' outcome: a failure read badly from its first frames was
 caused by perception; one read well at first and badly later went wrong first and was misread after.
 
     python benchmarks/estimator_shift.py --data outputs/estview/dart05_seed2 \
         --estimator outputs/hard60/runs/estimator --estimator outputs/estview/est2v_l80
     python benchmarks/estimator_shift.py --data outputs/dagger/rec_s2/rollouts --estimator outputs/estview/est2v_l80 \
-        --hold-goal 16 --out benchmarks/results/hard_tasks_estimator/dagger/estimator_on_rollouts.json
+        --out benchmarks/results/hard_tasks_estimator/dagger/estimator_on_rollouts.json
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from safetensors.numpy import load_file
 
 from repwam.data.lerobot import LeRobotDataset
 from repwam.eval.probes import STATE_GROUPS
-from repwam.policy.estimator import StateEstimator, StaticHold
+from repwam.policy.estimator import StateEstimator
 from repwam.serve import ENV_STATE_KEY
 from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.train.estimator import cached_features
@@ -54,12 +53,10 @@ def estimate(model: StateEstimator, ds: LeRobotDataset) -> np.ndarray:
 FIRST_FRAMES = (0, 4, 8)  # the first frames whose state a WAM reads (one latent frame = 4 control steps)
 
 
-def shift_errors(est: np.ndarray, ds: LeRobotDataset, hold_goal: int = 0) -> dict[str, dict[str, float]]:
+def shift_errors(est: np.ndarray, ds: LeRobotDataset) -> dict[str, dict[str, float]]:
     """Per task (and, for recorded closed-loop rollouts, per task and outcome: "<task> | success" / "| failure"):
     the mean error over every frame, over the off-path frames, and over the episodes' first frames (FIRST_FRAMES:
-    was the scene misread from the start, or only once the policy had gone wrong?); with `hold_goal`, the goal's
-    error over every frame when its readings of the first `hold_goal` frames are held (each frame read, as the plain
-    policy does)."""
+    was the scene misread from the start, or only once the policy had gone wrong?)."""
     hand, obj, goal = STATE_GROUPS["hand"], STATE_GROUPS["object"], STATE_GROUPS["goal"]
     rows: dict[str, dict[str, list]] = {}
     for e in range(ds.num_episodes):
@@ -73,14 +70,9 @@ def shift_errors(est: np.ndarray, ds: LeRobotDataset, hold_goal: int = 0) -> dic
         outcome = ds.episodes[e].get("success")  # closed-loop rollouts (`repwam eval policy --record`) carry it
         keys = [task] + ([f"{task} | {'success' if outcome else 'failure'}"] if outcome is not None else [])
         for key in keys:
-            r = rows.setdefault(key, {"object": [], "goal": [], "goal_held": [], "off": [], "first": [],
-                                      "episodes": 0})
+            r = rows.setdefault(key, {"object": [], "goal": [], "off": [], "first": [], "episodes": 0})
             r["object"].append(np.linalg.norm(p[:, obj] - y[:, obj], axis=1))
             r["goal"].append(np.linalg.norm(p[:, goal] - y[:, goal], axis=1))
-            if hold_goal:
-                hold = StaticHold(goal, hold_goal)
-                held = np.stack([hold(p[t], t) for t in range(len(p))])
-                r["goal_held"].append(np.linalg.norm(held[:, goal] - y[:, goal], axis=1))
             r["off"].append(off)
             r["first"].append(first)
             r["episodes"] += 1
@@ -89,8 +81,6 @@ def shift_errors(est: np.ndarray, ds: LeRobotDataset, hold_goal: int = 0) -> dic
         o, g, off, first = (np.concatenate(r[k]) for k in ("object", "goal", "off", "first"))
         out[key] = {"episodes": r["episodes"], "object": round(100 * float(o.mean()), 2),
                     "goal": round(100 * float(g.mean()), 2),
-                    **({"goal_held": round(100 * float(np.concatenate(r["goal_held"]).mean()), 2)} if hold_goal
-                       else {}),
                     "object_off_path": round(100 * float(o[off].mean()), 2) if off.any() else None,
                     "goal_off_path": round(100 * float(g[off].mean()), 2) if off.any() else None,
                     "off_path_fraction": round(float(off.mean()), 3),
@@ -103,8 +93,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--estimator", required=True, action="append", help="a fitted estimator (repeat to compare)")
     ap.add_argument("--data", required=True, help="a dataset the estimators were not fitted on")
-    ap.add_argument("--hold-goal", type=int, default=0,
-                    help="also the goal's error when held from this many first frames' readings (0: not)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args()
     ds = LeRobotDataset(args.data)
@@ -116,14 +104,13 @@ def main() -> None:
             raise SystemExit(f"{path} was fitted on {args.data}: pick data it has not seen")
         demos = LeRobotDataset(fitted[0])  # the same numbers on its own demonstrations, cross-fitted
         crossfit = load_file(str(Path(path) / "estimates.safetensors"))["0"]
-        results[path] = {"shifted": shift_errors(estimate(model, ds), ds, args.hold_goal),
-                         "demonstrations_crossfit": shift_errors(crossfit, demos, args.hold_goal)}
+        results[path] = {"shifted": shift_errors(estimate(model, ds), ds),
+                         "demonstrations_crossfit": shift_errors(crossfit, demos)}
         for which, res in results[path].items():
             for task, r in res.items():
                 print(f"{path} {which:24s} {task[:32]:32s} " + "  ".join(f"{k} {v}" for k, v in r.items()))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"data": str(Path(args.data).resolve()), "off_path_m": OFF_PATH_M,
-                                          "hold_goal": args.hold_goal,
                                           "cm": results}, indent=1))
     print(f"-> {args.out}")
 

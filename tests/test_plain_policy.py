@@ -376,19 +376,6 @@ def test_estimated_state_reads_the_robot_state_and_the_estimators_reading(tiny_d
     np.testing.assert_allclose(out["estimated_state"], want, atol=1e-5)
     with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
         policy.infer({CAM: frame, "observation.state": clips.states[ep.start][:2]})
-    # hold_goal: the goal as read in the first 3 steps (their median) from then on; the rest as read at every step
-    obs = [{CAM: clips.frames[ep.start + t], "observation.state": clips.states[ep.start + t]} for t in range(6)]
-    raw, held = [], []
-    for pol, got in ((load_policy(ckpt), raw), (load_policy(ckpt, hold_goal=3), held)):
-        pol.reset(ep.task)
-        got += [pol.infer(o)["estimated_state"] for o in obs]
-    goal = [36, 37, 38]
-    for t in range(6):
-        want = np.median(np.stack([r[goal] for r in raw[: min(t, 2) + 1]]), 0)
-        np.testing.assert_allclose(held[t][goal], want, atol=1e-6)
-        np.testing.assert_allclose(np.delete(held[t], goal), np.delete(raw[t], goal), atol=1e-6)
-    with pytest.raises(RepwamError, match="hold_goal is a number of control steps"):
-        load_policy(ckpt, hold_goal=1.5)
     # the `estimator` setting: another estimator of the same state in its place (checked as RepWAM's is)
     fit_estimator([tiny_dataset], tmp_path / "refit", EstimatorTrainConfig(folds=3, frame_stride=3), progress=False)
     swapped = load_policy(ckpt, estimator=str(tmp_path / "refit"))
@@ -400,8 +387,6 @@ def test_estimated_state_reads_the_robot_state_and_the_estimators_reading(tiny_d
                         [tiny_dataset], tmp_path / "plain", progress=False)
     with pytest.raises(RepwamError, match="the estimator setting is for a policy that reads"):
         load_policy(plain, estimator=str(est_dir))
-    with pytest.raises(RepwamError, match="reads none"):
-        load_policy(plain, hold_goal=3)
 
 
 def test_aux_read_out_learns_its_target_and_never_acts():

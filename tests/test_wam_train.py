@@ -338,7 +338,6 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
     from repwam.policy.estimator import EstimatorConfig, StateEstimator
-    from repwam.policy.repwam import RepWAMPolicy
     from repwam.serve import EST_STATE_KEY
     from repwam.train.estimator import EstimatorTrainConfig, crossfit_estimates, fit_estimator
     from repwam.train.wam import WAMStage
@@ -384,22 +383,6 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     with pytest.raises(RepwamError, match=r"observation.state.* \(4,\)"):
         policy.infer({**_episode_obs(ds, 0, 5), "observation.state": robot[0, :2]})
 
-    # hold_goal: the goal's readings of the first N control steps are held (their median); the rest as read
-    raw, held = [], []
-    for pol, got in ((load_policy(ckpt, chunk=1), raw), (load_policy(ckpt, chunk=1, hold_goal=5), held)):
-        pol.reset(ds.episode_task(0))
-        got += [out["estimated_state"] for t in range(9) if "estimated_state" in (out := pol.infer(
-            _episode_obs(ds, 0, t)))]
-    goal = list(policy.estimator.cfg.static_dims)
-    assert goal == [36, 37, 38] and len(raw) == len(held) == 3  # read at steps 0, 4, 8: the first two are held
-    first_two = np.median(np.stack([raw[0][goal], raw[1][goal]]), 0)
-    for r, h, want in zip(raw, held, (raw[0][goal], first_two, first_two)):
-        np.testing.assert_allclose(h[goal], want, atol=1e-6)
-        np.testing.assert_allclose(np.delete(h, goal), np.delete(r, goal), atol=1e-6)
-    assert np.abs(raw[2][goal] - first_two).max() > 0  # the last reading is not the held one
-    with pytest.raises(RepwamError, match="hold_goal is a number of control steps"):
-        load_policy(ckpt, hold_goal=-1)
-
     # the `estimator` setting: another estimator of the same state (refitted, say) in place of the trained-with one
     refit = tmp_path / "refit"
     fit_estimator([tiny_dataset], refit, EstimatorTrainConfig(folds=3, frame_stride=3), progress=False)
@@ -408,14 +391,10 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     assert (swapped.estimator.weight - policy.estimator.weight).abs().max() > 0  # not the trained-with one
     swapped.reset(ds.episode_task(0))
     assert np.isfinite(swapped.infer(_episode_obs(ds, 0, 0))["actions"]).all()
-    narrow = StateEstimator(EstimatorConfig(**{**policy.estimator.cfg.to_dict(), "target_dim": 3, "feature_dim": 0,
-                                             "static_dims": None}))
+    narrow = StateEstimator(EstimatorConfig(**{**policy.estimator.cfg.to_dict(), "target_dim": 3, "feature_dim": 0}))
     narrow.save_pretrained(tmp_path / "narrow")
     with pytest.raises(RepwamError, match="estimates 3 values"):
         load_policy(ckpt, estimator=str(tmp_path / "narrow"))
-    assert narrow.cfg.static_dims == ()  # the goal's columns are Meta-World's 39-d observation's
-    with pytest.raises(RepwamError, match="has none"):
-        RepWAMPolicy(policy.model, policy.tokenizer, policy.lat, policy.text, estimator=narrow, hold_goal=4)
     other = StateEstimator(EstimatorConfig(**{**policy.estimator.cfg.to_dict(), "tasks": ["open the door"],
                                               "feature_dim": 0}))
     other.save_pretrained(tmp_path / "other_tasks")
@@ -425,6 +404,7 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
         load_policy(wam_ckpt, estimator=str(refit))
 
     # an estimator reading a view the WAM does not see: the policy asks for it and feeds both views to the estimator
+    from repwam.policy.repwam import RepWAMPolicy
 
     cam, top = ds.camera_keys[0], "observation.images.topview"
     two = StateEstimator(EstimatorConfig(**{**policy.estimator.cfg.to_dict(), "cameras": [cam, top],

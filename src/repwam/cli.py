@@ -331,8 +331,7 @@ def eval_wam_cmd(
 SETTING_HELP = ("a policy inference setting, KEY=VALUE, repeatable: RepWAM chunk=1 (latent frames planned and "
                 "executed per plan, 4 actions each), actions_only=false; plain execute=4 (actions run per plan); "
                 "either, trained with a state estimator: estimator=DIR (another estimator of the same state in its "
-                "place, e.g. refitted on the policy's own rollouts), hold_goal=16 (the estimated goal as read in the "
-                "episode's first 16 control steps, then held: the goal never moves, the arm hides it)")
+                "place, e.g. refitted on the policy's own rollouts)")
 
 
 @eval_app.command("policy")

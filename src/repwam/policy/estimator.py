@@ -39,9 +39,6 @@ from repwam.tokenizer.teachers import build_teacher, teacher_options
 from repwam.tokenizer.teachers.base import HoldsTeacher, teacher_targets
 
 
-METAWORLD_GOAL = (36, 37, 38)  # the goal's columns in Meta-World's observation (`repwam.eval.probes.STATE_GROUPS`)
-
-
 @dataclass
 class EstimatorConfig(ModelConfig):
     teacher: str = "efficientnet-lite0"
@@ -53,20 +50,11 @@ class EstimatorConfig(ModelConfig):
     cameras: tuple[str, ...] = ("observation.images.corner3",)  # the views it reads, in this order
     image_size: int = 64  # the frames it was fitted on
     tasks: tuple[str, ...] = ()  # one map per task instruction; empty: one map for every task
-    # the estimated values that never move within an episode (Meta-World's goal, columns 36-38 of its observation):
-    # what a policy's `hold_goal` setting reads early and holds (`StaticHold`); None: those columns when the target
-    # is Meta-World's 39-d observation (estimators saved before this field), none otherwise
-    static_dims: tuple[int, ...] | None = None
 
     def __post_init__(self):
         self.grid = tuple(int(g) for g in self.grid)
         self.tasks = tuple(self.tasks)
         self.cameras = tuple(self.cameras)
-        if self.static_dims is None:
-            self.static_dims = METAWORLD_GOAL if self.target_dim == 39 else ()
-        self.static_dims = tuple(int(i) for i in self.static_dims)
-        if not all(0 <= i < self.target_dim for i in self.static_dims):
-            raise RepwamError(f"static_dims {self.static_dims} must index the {self.target_dim} estimated values")
         if self.target_dim < 1:
             raise RepwamError(f"target_dim must be >= 1, got {self.target_dim}")
         if not self.cameras or len(set(self.cameras)) != len(self.cameras):
@@ -187,53 +175,12 @@ def policy_cameras(cameras: list[str], estimator: StateEstimator | None) -> list
     return list(cameras) + extra
 
 
-class StaticHold:
-    """The policies' `hold_goal` setting: what never moves within an episode (`EstimatorConfig.static_dims`, the goal)
-    is read while the scene is in plain view and then held. Its estimate is the median of the readings taken in the
-    episode's first `steps` control steps: before step `steps`, of those so far; from then on, fixed.
-
-    Why: the arm hides the goal as it closes in (reach's red goal under the red arm), and once a policy has gone
-    wrong the frames it sees are unlike any the estimator was fitted on. On RepWAM's recorded rollouts the per-frame
-    goal estimate is off by 5.1 / 6.6 / 2.7 cm on average in failed reach / pick-place / push episodes, the held
-    median of the first 16 steps' readings by 2.0 / 1.9 / 0.9 cm (in successes 1.7 / 1.6 / 0.8 either way)."""
-
-    def __init__(self, dims: tuple[int, ...], steps: int):
-        self.dims, self.steps, self.readings = list(dims), int(steps), []
-
-    def __call__(self, estimate: np.ndarray, t: int) -> np.ndarray:
-        """The estimate at control step `t` (0 at the episode's start) with its static values held."""
-        if t < self.steps:
-            self.readings.append(estimate[self.dims].copy())
-        if not self.readings:
-            raise RepwamError(f"internal: no reading of the goal in the first {self.steps} steps (first at step {t})")
-        out = estimate.copy()
-        out[self.dims] = np.median(np.stack(self.readings), axis=0)
-        return out
-
-
-def static_hold(estimator: StateEstimator | None, steps: int) -> StaticHold | None:
-    """A new episode's `StaticHold` for the `hold_goal` setting (None when 0: every reading as it comes)."""
-    if int(steps) != steps or steps < 0:
-        raise RepwamError(f"hold_goal is a number of control steps >= 0 (0: off), got {steps!r}")
-    if not steps:
-        return None
-    if estimator is None:
-        raise RepwamError("the hold_goal setting holds a state estimator's reading of the goal: this policy reads none")
-    if not estimator.cfg.static_dims:
-        raise RepwamError("the hold_goal setting holds an estimator's static values, and this estimator has none "
-                          "(EstimatorConfig.static_dims)")
-    return StaticHold(estimator.cfg.static_dims, steps)
-
-
 @torch.no_grad()
-def robot_and_estimate(estimator: StateEstimator, obs: dict, robot: np.ndarray, task: str,
-                       hold: StaticHold | None = None, t: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def robot_and_estimate(estimator: StateEstimator, obs: dict, robot: np.ndarray, task: str) -> tuple[np.ndarray,
+                                                                                                    np.ndarray]:
     """What a state token reads with a state estimator: (the robot's state ⧺ the estimate (D_r + D,), the estimate
-    (D,)), the estimate from the observation's views of the estimator's cameras, its static values held by `hold`
-    (at control step `t`) when given."""
+    (D,)), the estimate from the observation's views of the estimator's cameras."""
     c = estimator.cfg
     views = torch.stack([image_to_model(obs[cam], c.image_size) for cam in c.cameras])  # (V_e, 3, S, S)
     est = estimator(views[None], task)[0].numpy()  # the objects and the goal as seen
-    if hold is not None:
-        est = hold(est, t)
     return np.concatenate([robot, est]).astype(np.float32), est.astype(np.float32)

@@ -49,8 +49,7 @@ from repwam.config import ModelConfig
 from repwam.data.transforms import Normalizer, image_to_model
 from repwam.errors import RepwamError
 from repwam.policy.base import INSTRUCTION_KEY, read_state
-from repwam.policy.estimator import (StateEstimator, policy_cameras, policy_estimator, robot_and_estimate,
-                                     static_hold)
+from repwam.policy.estimator import StateEstimator, policy_cameras, policy_estimator, robot_and_estimate
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY, validate_observation
 from repwam.layers import MLP, sincos_1d, sincos_2d
 
@@ -443,10 +442,10 @@ class PlainPolicy:
     empty sample a chunk of H and queue its first `execute`; return the queue (current action first) and pop it.
     """
 
-    SETTINGS = ("execute", "steps", "seed", "device", "estimator", "hold_goal")  # what `load_policy(path, **settings)` takes
+    SETTINGS = ("execute", "steps", "seed", "device", "estimator")  # what `load_policy(path, **settings)` takes
 
     def __init__(self, model: PlainPolicyModel, text, *, execute: int = 8, steps: int | None = None, seed: int = 0,
-                 device: str = "cpu", estimator: StateEstimator | None = None, hold_goal: int = 0):
+                 device: str = "cpu", estimator: StateEstimator | None = None):
         meta = model.checkpoint_meta
         c = model.cfg
         if not 1 <= int(execute) <= c.horizon:
@@ -472,8 +471,6 @@ class PlainPolicy:
                 raise RepwamError(f"{meta.get('path')} reads {EST_STATE_KEY}: it needs its state estimator")
             self.estimator = estimator.eval()
             robot_state_dim = c.state_dim - estimator.cfg.target_dim
-        static_hold(self.estimator, hold_goal)  # checks the setting (RepWAMPolicy's)
-        self.hold_goal = int(hold_goal)
         self.metadata: dict[str, Any] = {
             "policy": "plain",
             "checkpoint": meta.get("path"),
@@ -491,11 +488,9 @@ class PlainPolicy:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, execute: int = 8, steps: int | None = None, seed: int = 0,
-                        device: str = "cpu", estimator: str | None = None, hold_goal: int = 0,
-                        text_encoder=None) -> "PlainPolicy":
+                        device: str = "cpu", estimator: str | None = None, text_encoder=None) -> "PlainPolicy":
         """Settings: execute (actions run per plan), steps (Euler steps), seed, device, estimator (another state
-        estimator's directory in place of the one it was trained with: `load_estimator`), hold_goal (control steps
-        whose readings of the goal are held: `StaticHold`). `text_encoder`: an object
+        estimator's directory in place of the one it was trained with: `load_estimator`). `text_encoder`: an object
         with `encode(str) -> (emb, mask)` to use instead of the checkpoint's (tests, a shared encoder)."""
         from repwam.wam.text import TextEncoder
 
@@ -507,8 +502,7 @@ class PlainPolicy:
             text_encoder = TextEncoder(spec["name"], max_length=spec.get("max_length"))
         meta = model.checkpoint_meta
         estimator = policy_estimator(meta, "plain policy", path, estimator)
-        return cls(model, text_encoder, execute=execute, steps=steps, seed=seed, device=device, estimator=estimator,
-                   hold_goal=hold_goal)
+        return cls(model, text_encoder, execute=execute, steps=steps, seed=seed, device=device, estimator=estimator)
 
     # ------------------------------------------------------------------ episode
     def reset(self, instruction: str) -> None:
@@ -523,8 +517,6 @@ class PlainPolicy:
             "frames": deque(maxlen=self.model.cfg.n_obs),  # (images (V, 3, S, S), state (D_s,) or None)
             "queue": deque(),  # planned (unnormalised) actions still to execute
             "plans": 0,
-            "t": 0,  # control steps so far
-            "hold": static_hold(self.estimator, self.hold_goal),  # the goal's early readings (hold_goal), or None
             "generator": torch.Generator(self.device).manual_seed(self.seed),
         }
 
@@ -538,8 +530,7 @@ class PlainPolicy:
         state, out = None, {}
         if self.estimator is not None:
             robot = read_state(obs, STATE_KEY, self.metadata["state_dim"])
-            full, out["estimated_state"] = robot_and_estimate(self.estimator, obs, robot, ep["instruction"],
-                                                              ep["hold"], ep["t"])
+            full, out["estimated_state"] = robot_and_estimate(self.estimator, obs, robot, ep["instruction"])
             state = self.state_norm(full)
         elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, c.state_dim))
@@ -551,7 +542,6 @@ class PlainPolicy:
             self._plan()
         actions = np.stack(list(ep["queue"])).astype(np.float32)
         ep["queue"].popleft()
-        ep["t"] += 1
         return {"actions": actions, **out}
 
     def _plan(self) -> None:

@@ -31,8 +31,7 @@ from repwam.data.transforms import Normalizer, frames_from_model, image_to_model
 from repwam.errors import RepwamError
 from repwam.lat.model import LatentActionTokenizer
 from repwam.policy.base import INSTRUCTION_KEY, read_state
-from repwam.policy.estimator import (StateEstimator, policy_cameras, policy_estimator, robot_and_estimate,
-                                     static_hold)
+from repwam.policy.estimator import StateEstimator, policy_cameras, policy_estimator, robot_and_estimate
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY, validate_observation
 from repwam.tokenizer.tokenize import load_parent_tokenizer
 from repwam.wam.model import WorldActionModel
@@ -40,11 +39,11 @@ from repwam.wam.text import TextEncoder
 
 
 class RepWAMPolicy:
-    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine", "estimator", "hold_goal")  # what `load_policy(path, **settings)` takes
+    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine", "estimator")  # what `load_policy(path, **settings)` takes
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
                  chunk: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
-                 imagine: bool = False, estimator: StateEstimator | None = None, hold_goal: int = 0):
+                 imagine: bool = False, estimator: StateEstimator | None = None):
         meta = model.checkpoint_meta
         if not model.cfg.robot_action_dim:
             raise RepwamError(f"{meta.get('path')} has no robot-action stream: adapt it first "
@@ -72,9 +71,6 @@ class RepWAMPolicy:
             if estimator is None:
                 raise RepwamError(f"{meta.get('path')} reads {EST_STATE_KEY}: it needs its state estimator")
             robot_state_dim = model.cfg.state_dim - estimator.cfg.target_dim
-        # > 0: the estimator's reading of the goal is held from the episode's first hold_goal control steps on
-        static_hold(self.estimator, hold_goal)  # checks the setting
-        self.hold_goal = int(hold_goal)
         self.metadata: dict[str, Any] = {
             "policy": "repwam",
             "checkpoint": meta.get("path"),
@@ -134,7 +130,6 @@ class RepWAMPolicy:
             "generator": torch.Generator().manual_seed(self.seed),
             "infer_ms": [],
             "history": [],  # every latent frame appended to the world model's history (observed, never imagined)
-            "hold": static_hold(self.estimator, self.hold_goal),  # the goal's early readings (hold_goal), or None
         }
 
     def _encode(self, obs: dict, estimate: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -146,9 +141,8 @@ class RepWAMPolicy:
         if self.estimator is not None:
             robot = read_state(obs, STATE_KEY, self.metadata["state_dim"])
             if estimate:
-                ep = self._episode
-                full, est = robot_and_estimate(self.estimator, obs, robot, ep["instruction"], ep["hold"], ep["t"])
-                ep["estimate"] = est  # returned by this infer (the harness scores it against the sim)
+                full, est = robot_and_estimate(self.estimator, obs, robot, self._episode["instruction"])
+                self._episode["estimate"] = est  # returned by this infer (the harness scores it against the sim)
                 state = self.state_norm(full)
         elif self.state_norm is not None:
             state = self.state_norm(read_state(obs, self.state_key, self.model.cfg.state_dim))

@@ -177,19 +177,19 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
                                 image_size=sizes.pop(), tasks=tuple(tasks) if cfg.per_task else ())
     teacher = build_teacher(cfg.teacher, **teacher_options(cfg.teacher_layer, cfg.teacher_input_size))
     offsets = np.cumsum([0] + [ds.num_frames for ds in datasets])
-    # the features of every frame of every dataset, (N, V·L·C) float32, filled in place
-    x_all = torch.empty(int(offsets[-1]), len(cameras) * cfg.grid[0] * cfg.grid[1] * teacher.dim)
+    # the features of every frame of every dataset, (N, V·L·C) float32, filled in place (standardised in place below)
+    x = torch.empty(int(offsets[-1]), len(cameras) * cfg.grid[0] * cfg.grid[1] * teacher.dim)
     targets = []
     for d, ds in enumerate(datasets):
-        cached_features(ds.root, teacher, cfg.grid, cameras, progress, out=x_all[offsets[d] : offsets[d + 1]])
+        cached_features(ds.root, teacher, cfg.grid, cameras, progress, out=x[offsets[d] : offsets[d + 1]])
         targets.append(torch.cat([torch.from_numpy(np.array(ds.episode_data(e)[ENV_STATE_KEY], np.float32))
                                   for e in range(ds.num_episodes)]))
     del teacher
     y_all = torch.cat(targets)  # (N, D)
     fold_of = episode_folds(datasets, cfg.folds)
-    fold = np.empty(len(x_all), np.int64)
-    group = np.zeros(len(x_all), np.int64)  # the map each frame belongs to: its task's, or the one pooled map
-    fit_rows = np.zeros(len(x_all), bool)
+    fold = np.empty(len(x), np.int64)
+    group = np.zeros(len(x), np.int64)  # the map each frame belongs to: its task's, or the one pooled map
+    fit_rows = np.zeros(len(x), bool)
     for d, ds in enumerate(datasets):
         for e in range(ds.num_episodes):
             lo = offsets[d] + int(ds.episodes[e]["dataset_from_index"])
@@ -200,8 +200,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
     if len(set(fold.tolist())) < cfg.folds:
         raise RepwamError(f"{cfg.folds} folds need at least {cfg.folds} episodes per task")
 
-    x = x_all  # standardised in place just below: from then on the model's input features (float32)
-    feat_mean, feat_std = standardise_(x)
+    feat_mean, feat_std = standardise_(x)  # from here on x holds the model's input features
     y_mean, y_std = y_all.mean(0), y_all.std(0).clamp_min(ENV_STATE_MIN_STD)
     y = ((y_all - y_mean) / y_std).double()
     alphas, dims = list(cfg.alphas), torch.arange(y.shape[1])
@@ -245,7 +244,7 @@ def fit_estimator(data: list[str | Path], out: str | Path, cfg: EstimatorTrainCo
         "alphas": alphas,
         "alpha_per_dim": chosen,  # per map
         "cv_nmse": cv_nmse,  # per map, at each dimension's chosen strength
-        "frames": int(len(x_all)),
+        "frames": int(len(x)),
         "fit_frames": int(at.sum()),
         "folds": cfg.folds,
         "targets": cfg.targets,

@@ -362,9 +362,13 @@ def reference_rollout(model, first, text, text_mask, chunks, k, steps, cfg_scale
     return out
 
 
-@pytest.mark.parametrize("window,cfg_scale,robot", [(3, 1.0, False), (None, 2.0, False), (3, 2.0, True)])
-def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot):
-    model = scrambled(attn_window=window, **(ROBOT if robot else {}))
+ANCHORS = {"last_frame_cond": True, "video_target": "residual", "last_state_cond": True}  # both anchors on
+
+
+@pytest.mark.parametrize("window,cfg_scale,robot,extra", [(3, 1.0, False, {}), (None, 2.0, False, {}),
+                                                          (3, 2.0, True, {}), (3, 1.0, True, ANCHORS)])
+def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot, extra):
+    model = scrambled(attn_window=window, **(ROBOT if robot else {}), **extra)
     B, k, steps = 2, 2, (2, 3)  # 9 latent frames, longer than the window of 3
     modes = ["full", "actions_only", "full", "robot_only"] if robot else ["full", "full", "full", "actions_only"]
     batch = clip(B, 1, robot=True)
@@ -583,6 +587,32 @@ def test_last_frame_cond_carries_exactly_the_last_clean_frame(cond):
         assert fresh.io["video"].anchor.weight.abs().max() == 0
     old = {key: v for key, v in fresh.cfg.to_dict().items() if key not in ("last_frame_cond", "video_target")}
     assert WAMConfig.from_dict(old).last_frame_cond is False  # a config from before: loads as it was trained
+
+
+def test_last_state_cond_carries_exactly_the_last_clean_state(tmp_path):
+    """As last_frame_cond for video: with a window of one latent frame a noisy robot token sees no clean state token,
+    so only the anchor (the state at the last clean frame before its chunk) reaches it. Changing that state moves its
+    output exactly when last_state_cond is on; an earlier state never does. Adaptation adds it zero-initialised."""
+    B, T, k = 2, 5, 2  # chunks: [z_0] [z_1, z_2] [z_3, z_4]; the anchor of frames 3, 4 is s_2
+    batch, noisy = clip(B, T, robot=True), noisy_inputs(B, T, robot=True)
+    for cond in (True, False):
+        model = scrambled(attn_window=1, last_state_cond=cond, **ROBOT)
+        assert (model.io["robot"].anchor is not None) == cond
+        with torch.no_grad():
+            ref = tf(model, batch, noisy, k)
+            for frame, moves in ((2, cond), (1, False)):
+                state = batch["state"].clone()
+                state[:, frame] += 1.0
+                out = tf(model, {**batch, "state": state}, noisy, k)
+                assert torch.allclose(out["robot"][:, 2:], ref["robot"][:, 2:]) != moves, (cond, frame)
+    with pytest.raises(RepwamError, match="last_state_cond .* needs state_dim > 0"):
+        WAMConfig.preset("tiny", robot_action_dim=AR, last_state_cond=True)
+    path = scrambled().save_pretrained(tmp_path / "pre")
+    adapted = WorldActionModel.from_pretrained(path, allow_new_streams=True, last_state_cond=True, **ROBOT)
+    assert {"io.robot.anchor.weight", "io.robot.anchor.bias"} <= set(adapted.new_parameters)
+    assert adapted.io["robot"].anchor.weight.abs().max() == 0  # starts as the model without it
+    old = {key: v for key, v in adapted.cfg.to_dict().items() if key != "last_state_cond"}
+    assert WAMConfig.from_dict(old).last_state_cond is False  # a config from before: loads as it was trained
 
 
 def test_residual_video_target_starts_at_copy_last():

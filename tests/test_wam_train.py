@@ -288,6 +288,30 @@ def test_adapt_and_policy_with_the_first_frame_as_context(wam_ckpt, tiny_dataset
     torch.testing.assert_close(policy._episode["cache"].text.emb[0, -len(model.first_pos):], ctx[0])
 
 
+def test_adapt_and_policy_with_the_last_state_as_anchor(wam_ckpt, tiny_dataset, tmp_path):
+    """--last-state-cond: adaptation adds the robot anchor (zero-initialised, then trained) and the policy's cache
+    carries the latest observed state into every chunk it samples."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+
+    with pytest.raises(RepwamError, match="last_state_cond .* needs --stage adapt or joint with use_state"):
+        WAMTrainConfig(stage="adapt", use_state=False, last_state_cond=True)
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         last_state_cond=True, optim=OptimConfig(steps=3, batch_size=4, optimizer="muon", lr=1e-3,
+                                                                 warmup=1, save_every=3, val_items=8))
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = WorldActionModel.from_pretrained(ckpt)
+    assert model.cfg.last_state_cond and model.io["robot"].anchor.weight.abs().max() > 0
+
+    ds = LeRobotDataset(tiny_dataset)
+    policy = load_policy(ckpt, chunk=1)  # replans every 4 calls
+    policy.reset(ds.episode_task(0))
+    for t in range(5):
+        assert np.isfinite(policy.infer(_episode_obs(ds, 0, t))["actions"]).all()
+    state = torch.tensor(_episode_obs(ds, 0, 4)["observation.state"])
+    torch.testing.assert_close(policy._episode["cache"].last_state[0], policy.state_norm(state).float())
+
+
 def test_adapt_and_policy_told_the_simulator_state(wam_ckpt, tiny_dataset, tmp_path):
     """state_key=observation.environment_state (the repwam_goal reference): the state token reads the whole
     simulator observation in training (clips, stats floored) and in the policy, which then asks for that key and not

@@ -53,6 +53,9 @@ class WAMTrainConfig:
     # the episode's first latent frame joins the instruction as cross-attention context (WAMConfig.first_frame_context):
     # a memory of the goal and objects as first seen; adapt adds it to a pretrained WAM that lacks it
     first_frame_context: bool = False
+    # adapt / joint: each noisy robot token also embeds the state at the last clean frame before its chunk
+    # (WAMConfig.last_state_cond): the current state reaches every action to denoise directly
+    last_state_cond: bool = False
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -80,6 +83,9 @@ class WAMTrainConfig:
             raise RepwamError("state_key feeds the state token: it needs --stage adapt or joint with use_state")
         if self.aux_key is not None and self.state_key != STATE_KEY:
             raise RepwamError("aux_key is a target beside the robot's own state: it does not go with another state_key")
+        if self.last_state_cond and not (self.robot and self.use_state):
+            raise RepwamError("last_state_cond adds the state token's input to the noisy robot tokens: it needs "
+                              "--stage adapt or joint with use_state")
         if self.aux_weight < 0:
             raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
     @property
@@ -150,7 +156,7 @@ class WAMStage(Stage):
             robot = dict(robot_action_dim=a_dim, robot_per_frame=self.train_set.tp * self.train_set.stride,
                          state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0,
                          aux_dim=len(self.train_set.aux_norm.mean) if cfg.aux_key else 0,
-                         aux_loss_weight=cfg.aux_weight)
+                         aux_loss_weight=cfg.aux_weight, last_state_cond=cfg.last_state_cond)
         if cfg.stage == "adapt":
             first = {"first_frame_context": True} if cfg.first_frame_context else {}  # else as pretrained
             self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,

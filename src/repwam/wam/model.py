@@ -23,7 +23,10 @@ input embedding and output head; attention weights are shared at the video width
     action  (ℓ; absent with use_latent_actions=False) ell_t is the token of latent frame t+1 (the
             action leading into it): frame 0 has none.  ell (B, T'-1, A) -> Linear -> width D_a
     robot   (the action expert; robot_action_dim = A_r > 0) like ℓ, one token per latent-frame step:
-            the token of frame t+1 carries the chunk a_t, flattened (B, T'-1, per·A_r) -> Linear -> D_r
+            the token of frame t+1 carries the chunk a_t, flattened (B, T'-1, per·A_r) -> Linear -> D_r;
+            with last_state_cond a noisy token also adds Linear_anchor(the state at the last clean frame
+            before its chunk), as last_frame_cond does for video (zero-initialised): the current state
+            reaches every noisy action directly, not only as one key among the window's
     state   (state_dim = D_s > 0) a second token type of the robot stream: its own input Linear, the
             robot stream's layers, no head, never a loss. One clean token per latent frame (B, T', D_s)
     text    (B, N_text, D_text) -> Linear -> (B, N_text, D), keys/values of every cross-attention;
@@ -186,6 +189,7 @@ class WAMConfig:
     attn_window: int | None = None  # attend to keys less than this many latent frames back
     grad_checkpoint: bool = False  # the model's initial `grad_checkpoint` (activation checkpointing of the blocks)
     last_frame_cond: bool = False  # noisy video tokens also embed the last clean frame before their chunk
+    last_state_cond: bool = False  # noisy robot tokens also embed the state at that frame (needs state_dim > 0)
     video_target: str = "velocity"  # "velocity" | "residual": x̂ = last clean frame + head (needs last_frame_cond)
     attn_backend: str = "sdpa"  # self-attention: "sdpa" (dense bool mask) | "flex" (BlockMask) | "auto" (flex on CUDA)
     # training objective
@@ -222,6 +226,9 @@ class WAMConfig:
                               f"and robot_per_frame={self.robot_per_frame} >= 1")
         if self.state_dim and not self.robot_action_dim:
             raise RepwamError("state tokens live in the robot stream: state_dim > 0 needs robot_action_dim > 0")
+        if self.last_state_cond and not self.state_dim:
+            raise RepwamError("last_state_cond adds the last clean state to the noisy robot tokens: it needs "
+                              "state_dim > 0")
         if self.aux_dim < 0 or (self.aux_dim and not self.state_dim):
             raise RepwamError(f"aux_dim={self.aux_dim}: the read-out comes from the state tokens, so aux_dim > 0 "
                               "needs state_dim > 0 (and aux_dim must be >= 0)")
@@ -840,8 +847,13 @@ class StreamIO(nn.Module):
         if s.name == ROBOT and cfg.aux_dim:
             self.aux_head = nn.Sequential(nn.LayerNorm(s.width), nn.Linear(s.width, s.width),
                                           nn.GELU(approximate="tanh"), nn.Linear(s.width, cfg.aux_dim))
-        # the last clean frame's patch, added to a noisy video token's embedding (last_frame_cond)
-        self.anchor = nn.Linear(dim, s.width) if s.name == VIDEO and cfg.last_frame_cond else None
+        # what the last clean frame before a noisy token's chunk adds to its embedding: video, the frame's patch
+        # (last_frame_cond); robot, the frame's state (last_state_cond)
+        self.anchor = None
+        if s.name == VIDEO and cfg.last_frame_cond:
+            self.anchor = nn.Linear(dim, s.width)
+        elif s.name == ROBOT and cfg.last_state_cond:
+            self.anchor = nn.Linear(cfg.state_dim, s.width)
         if per_frame == 1:
             self.pos = None
         elif s.name == VIDEO and cfg.spatial_pos == "sincos":
@@ -881,6 +893,7 @@ class WAMCache:
     last_ell: torch.Tensor | None = None  # ℓ of the last sampled chunk (B, k, A), used by append
     last_robot: torch.Tensor | None = None  # robot actions of the last sampled chunk (B, k, per, A_r), ditto
     last_z: torch.Tensor | None = None  # the last clean latent frame (B, L, d_v): the anchor of the next chunk
+    last_state: torch.Tensor | None = None  # its state (B, D_s) [state tokens]: the robot anchor of the next chunk
     cfg_scale: float = 1.0
     uncond: "WAMCache | None" = None  # the same history under the null text, for CFG
 
@@ -1171,7 +1184,7 @@ class WorldActionModel(Pretrained, nn.Module):
         return AttnContext(mask, rope, text_mask, GatedMasks.build(mask, q_meta, k_meta, merge_gated))
 
     def _run(self, feats: dict, alpha: dict, meta: dict, text: TextContext, *, text_kv=None, valid=None,
-             past: WAMCache | None = None, heads=None, anchor=None, plan: "ChunkPlan | None" = None, time=None,
+             past: WAMCache | None = None, heads=None, anchors=None, plan: "ChunkPlan | None" = None, time=None,
              aux: bool = False):
         """The transformer on a set of new tokens, optionally after a cached clean history.
 
@@ -1179,10 +1192,11 @@ class WorldActionModel(Pretrained, nn.Module):
         alpha {group: (B, N_g)} (state tokens are clean: none needed); meta {group: TokenMeta};
         valid {group: (B, N_g) bool} masks padded keys (each token still sees itself). heads: the
         streams whose outputs to compute (None: all present; () = only the K/V, the last block stops
-        early). anchor (B, N_a, token_dim) [last_frame_cond]: the last clean frame's patches of the
-        last N_a video tokens (the noisy ones). plan: the attention context and K/V slots of `past`
-        shared by every Euler step of a chunk (then meta, valid and past are not read). time {group:
-        (e, mod)}: time embeddings already computed (broadcastable to (B, N_g, ...)), in place of alpha.
+        early). anchors {group: (B, N_a, in_dim)} [last_frame_cond, last_state_cond]: the last clean frame's
+        patches (video) or states (robot) of the group's last N_a tokens (the noisy ones). plan: the attention
+        context and K/V slots of `past` shared by every Euler step of a chunk (then meta, valid and past are not
+        read). time {group: (e, mod)}: time embeddings already computed (broadcastable to (B, N_g, ...)), in
+        place of alpha.
         aux: also return the state tokens' read-out under "aux", (B, N_state, aux_dim) [aux_dim].
         Returns ({stream: (B, N_s, token_dim)}, [(k, v) of the new tokens per block]).
         """
@@ -1195,7 +1209,8 @@ class WorldActionModel(Pretrained, nn.Module):
                 x, a = io.state_embed(feats[g]), feats[g].new_ones(feats[g].shape[:2], dtype=torch.float32)
             else:
                 x, a = io(feats[g]), alpha.get(g)
-                if g == VIDEO and anchor is not None and anchor.shape[1] > 0:
+                anchor = (anchors or {}).get(g)
+                if anchor is not None and anchor.shape[1] > 0:
                     n_a = anchor.shape[1]
                     x = torch.cat([x[:, : x.shape[1] - n_a], x[:, x.shape[1] - n_a :] + io.anchor(anchor)], 1)
             e, m = time[g] if time is not None and g in time else io.time(a)
@@ -1308,21 +1323,23 @@ class WorldActionModel(Pretrained, nn.Module):
         meta = {g: TokenMeta.cat(v) for g, v in meta.items()}
         valid_g = None if valid is None else {g: valid.bool()[:, meta[g].frame] for g in meta}
 
-        anchor = None
-        if c.last_frame_cond and not drop_video:  # noisy frame f of chunk i >= 1: the last frame of chunk i-1
-            last = (frame_chunks(T, chunk_size, z.device)[1:] - 1) * chunk_size  # (T'-1,)
-            anchor = self.patchify(z[:, last])
+        anchors = {}  # noisy frame f of chunk i >= 1: the last frame of chunk i-1
+        last = (frame_chunks(T, chunk_size, z.device)[1:] - 1) * chunk_size  # (T'-1,)
+        if c.last_frame_cond and not drop_video:
+            anchors[VIDEO] = self.patchify(z[:, last])
+        if c.last_state_cond:
+            anchors[ROBOT] = state[:, last]
         text = self.text_context(text_emb, text_mask, drop_text, B, first)
         heads = [g for g in self.stream_names if layout[g][1] is not None]
         aux = aux and c.aux_dim > 0
-        out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchor=anchor, aux=aux)
+        out, _ = self._run(feats, alpha, meta, text, valid=valid_g, heads=heads, anchors=anchors, aux=aux)
         result = {VIDEO: None}
         if aux:
             result["aux"] = out["aux"]
         if not drop_video:
             noisy_tokens = slice(n_clean * P, None)  # the noisy video tokens follow the clean ones
             v = self.video_velocity(out[VIDEO][:, noisy_tokens], feats[VIDEO][:, noisy_tokens],
-                                    alpha[VIDEO][:, noisy_tokens], anchor)
+                                    alpha[VIDEO][:, noisy_tokens], anchors.get(VIDEO))
             result[VIDEO] = self.unpatchify(v)
         if c.has(ACTION):
             result[ACTION] = None if drop_ell else out[ACTION][:, n_clean - 1 :]
@@ -1510,6 +1527,7 @@ class WorldActionModel(Pretrained, nn.Module):
         cache.next_frame += n
         cache.next_chunk += 1
         cache.last_z = z_frames[:, -1]
+        cache.last_state = None if state is None else state[:, -1]
         if self.cfg.attn_window is not None:  # evict keys no later query may see
             keep = cache.meta.frame > cache.next_frame - self.cfg.attn_window
             if not bool(keep.all()):
@@ -1598,14 +1616,16 @@ class WorldActionModel(Pretrained, nn.Module):
         frames = torch.arange(cache.next_frame, cache.next_frame + k, device=dev)
         chunk = torch.full_like(frames, cache.next_chunk)
         meta = {g: group_meta(c, g, frames, chunk, True) for g in groups}
-        anchor = None
-        if VIDEO in groups and c.last_frame_cond:  # every frame of the chunk: the last frame of the history
-            anchor = self.patchify(cache.last_z[:, None].expand(-1, k, -1, -1))
+        anchors = {}  # every frame of the chunk: the last frame of the history
+        if VIDEO in groups and c.last_frame_cond:
+            anchors[VIDEO] = self.patchify(cache.last_z[:, None].expand(-1, k, -1, -1))
+        if ROBOT in groups and c.last_state_cond:
+            anchors[ROBOT] = cache.last_state[:, None].expand(-1, k, -1)
 
         # the same for every Euler step: masks, RoPE, the cached K/V with slots for this chunk, time embeddings
         plan = self._plan(cache, meta)
         velocity = lambda cache_, plan_, time, heads: self._run(  # noqa: E731
-            x, {}, meta, cache_.text, text_kv=cache_.text_kv, heads=heads, anchor=anchor, plan=plan_, time=time)[0]
+            x, {}, meta, cache_.text, text_kv=cache_.text_kv, heads=heads, anchors=anchors, plan=plan_, time=time)[0]
         if VIDEO in groups:
             n = video_steps or c.video_steps
             plan_u = None if cache.uncond is None else self._plan(cache.uncond, meta)
@@ -1615,7 +1635,7 @@ class WorldActionModel(Pretrained, nn.Module):
                 if cache.uncond is not None:  # guidance on the head's output: video_velocity is affine in it
                     h_u = velocity(cache.uncond, plan_u, times[i], (VIDEO,))[VIDEO]
                     h = h_u + cache.cfg_scale * (h - h_u)
-                v = self.video_velocity(h, x[VIDEO], x[VIDEO].new_full(x[VIDEO].shape[:2], i / n), anchor)
+                v = self.video_velocity(h, x[VIDEO], x[VIDEO].new_full(x[VIDEO].shape[:2], i / n), anchors.get(VIDEO))
                 x[VIDEO] = x[VIDEO] + v / n
         if acts:
             n = action_steps or c.action_steps

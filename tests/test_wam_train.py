@@ -191,6 +191,9 @@ def test_policy_bad_inputs(adapted, tiny_dataset):
         load_policy(adapted, chunk=5)
     with pytest.raises(RepwamError, match="inference settings are chunk.*unknown: execute"):
         load_policy(adapted, execute=4)  # the plain policy's setting
+    for bad in (0, 2.5, True):
+        with pytest.raises(RepwamError, match="action_steps must be a positive integer"):
+            load_policy(adapted, action_steps=bad)
     policy = load_policy(adapted)
     obs = _episode_obs(ds, 0, 0)
     with pytest.raises(RepwamError, match="reset"):
@@ -203,6 +206,21 @@ def test_policy_bad_inputs(adapted, tiny_dataset):
                        ({**obs, "observation.state": np.zeros(3, np.float32)}, "observation.state")):
         with pytest.raises(RepwamError, match=match):
             policy.infer(bad)
+
+
+def test_policy_euler_steps_setting_reaches_the_sampler(adapted, tiny_dataset):
+    """action_steps / video_steps (inference settings) are the Euler steps sample_chunk runs; default: the model's."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+
+    ds = LeRobotDataset(tiny_dataset)
+    for settings, want in (({}, (None, None)), ({"action_steps": 3, "video_steps": 2}, (3, 2))):
+        policy = load_policy(adapted, **settings)
+        calls, sample = [], policy.model.sample_chunk
+        policy.model.sample_chunk = lambda *a, **kw: calls.append(kw) or sample(*a, **kw)  # noqa: B023
+        policy.reset(ds.episode_task(0))
+        policy.infer(_episode_obs(ds, 0, 0))
+        assert [(kw["action_steps"], kw["video_steps"]) for kw in calls] == [want]
 
 
 def test_closed_loop_episode_end_to_end(adapted, tmp_path):

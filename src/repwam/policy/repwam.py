@@ -39,11 +39,13 @@ from repwam.wam.text import TextEncoder
 
 
 class RepWAMPolicy:
-    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine", "estimator")  # what `load_policy(path, **settings)` takes
+    # what `load_policy(path, **settings)` takes; action_steps / video_steps: Euler steps per chunk (None: the model's)
+    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine", "estimator", "action_steps", "video_steps")
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
                  chunk: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
-                 imagine: bool = False, estimator: StateEstimator | None = None):
+                 imagine: bool = False, estimator: StateEstimator | None = None, action_steps: int | None = None,
+                 video_steps: int | None = None):
         meta = model.checkpoint_meta
         if not model.cfg.robot_action_dim:
             raise RepwamError(f"{meta.get('path')} has no robot-action stream: adapt it first "
@@ -53,6 +55,10 @@ class RepWAMPolicy:
         if not 1 <= self.k <= max(model.cfg.chunk_sizes):
             raise RepwamError(f"chunk must be in [1, {max(model.cfg.chunk_sizes)}] latent frames (the chunk sizes "
                               f"{list(model.cfg.chunk_sizes)} this model was trained on), got {chunk}")
+        for name, n in (("action_steps", action_steps), ("video_steps", video_steps)):
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise RepwamError(f"{name} must be a positive integer (Euler steps per chunk), got {n!r}")
+        self.action_steps, self.video_steps = action_steps, video_steps
         self.per = model.cfg.robot_per_frame
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
@@ -206,7 +212,8 @@ class RepWAMPolicy:
     def _plan(self) -> dict[str, np.ndarray]:
         ep = self._episode
         out = self.model.sample_chunk(ep["cache"], self.k, actions_only=self.actions_only,
-                                      robot_only=self.robot_only, generator=ep["generator"])
+                                      robot_only=self.robot_only, generator=ep["generator"],
+                                      action_steps=self.action_steps, video_steps=self.video_steps)
         robot = out["robot"][0].reshape(self.k * self.per, -1)  # (k·per, A) normalised
         ep["queue"] = list(robot.float().numpy())
         extra = {}

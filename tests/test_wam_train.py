@@ -306,20 +306,25 @@ def test_adapt_and_policy_with_the_first_frame_as_context(wam_ckpt, tiny_dataset
     torch.testing.assert_close(policy._episode["cache"].text.emb[0, -len(model.first_pos):], ctx[0])
 
 
-def test_adapt_and_policy_with_the_last_state_as_anchor(wam_ckpt, tiny_dataset, tmp_path):
+def test_adapt_with_the_last_state_as_anchor_and_a_wider_expert(wam_ckpt, tiny_dataset, tmp_path):
     """--last-state-cond: adaptation adds the robot anchor (zero-initialised, then trained) and the policy's cache
-    carries the latest observed state into every chunk it samples."""
+    carries the latest observed state into every chunk it samples. --robot-width sets the action expert's width."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
 
     with pytest.raises(RepwamError, match="last_state_cond .* needs --stage adapt or joint with use_state"):
         WAMTrainConfig(stage="adapt", use_state=False, last_state_cond=True)
+    with pytest.raises(RepwamError, match="robot_width=48: the action expert's width is set at adapt or joint"):
+        WAMTrainConfig(robot_width=48)
     cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
-                         last_state_cond=True, optim=OptimConfig(steps=3, batch_size=4, optimizer="muon", lr=1e-3,
+                         last_state_cond=True, robot_width=48, optim=OptimConfig(steps=3, batch_size=4, optimizer="muon", lr=1e-3,
                                                                  warmup=1, save_every=3, val_items=8))
     ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
     model = WorldActionModel.from_pretrained(ckpt)
     assert model.cfg.last_state_cond and model.io["robot"].anchor.weight.abs().max() > 0
+    pre = WorldActionModel.from_pretrained(wam_ckpt)
+    assert model.cfg.stream("robot").width == 48 and model.cfg.stream("robot").ffn_hidden == 192
+    assert [model.cfg.stream(n) for n in ("video", "action")] == [pre.cfg.stream(n) for n in ("video", "action")]
 
     ds = LeRobotDataset(tiny_dataset)
     policy = load_policy(ckpt, chunk=1)  # replans every 4 calls

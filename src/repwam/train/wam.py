@@ -26,7 +26,7 @@ from repwam.tokenizer.tokenize import load_tokenizer, tokenize_dataset, tokenize
 from repwam.train.trainer import OptimConfig, Stage, run_stage, val_subset
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY, STATE_KEY
 from repwam.wam.data import TextTable, WAMClips
-from repwam.wam.model import WAMConfig, WorldActionModel
+from repwam.wam.model import ROBOT, StreamConfig, WAMConfig, WorldActionModel
 from repwam.wam.text import TextEncoder
 
 STAGES = ("pretrain", "adapt", "joint")
@@ -56,6 +56,8 @@ class WAMTrainConfig:
     # adapt / joint: each noisy robot token also embeds the state at the last clean frame before its chunk
     # (WAMConfig.last_state_cond): the current state reaches every action to denoise directly
     last_state_cond: bool = False
+    # adapt / joint: the action expert's width (its FFN 4x as wide); None: the ℓ stream's (the narrow default)
+    robot_width: int | None = None
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -86,6 +88,9 @@ class WAMTrainConfig:
         if self.last_state_cond and not (self.robot and self.use_state):
             raise RepwamError("last_state_cond adds the state token's input to the noisy robot tokens: it needs "
                               "--stage adapt or joint with use_state")
+        if self.robot_width is not None and (not self.robot or self.robot_width < 1):
+            raise RepwamError(f"robot_width={self.robot_width}: the action expert's width is set at adapt or joint, "
+                              "and must be >= 1")
         if self.aux_weight < 0:
             raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
     @property
@@ -157,6 +162,11 @@ class WAMStage(Stage):
                          state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0,
                          aux_dim=len(self.train_set.aux_norm.mean) if cfg.aux_key else 0,
                          aux_loss_weight=cfg.aux_weight, last_state_cond=cfg.last_state_cond)
+            if cfg.robot_width:  # the streams of the model adapted (or built), with the robot stream's width
+                base = (WAMConfig.from_dict(WorldActionModel.read_checkpoint_config(cfg.init)["wam"])
+                        if cfg.stage == "adapt" else WAMConfig.preset(cfg.preset))
+                robot["streams"] = (*(s for s in base.streams if s.name != ROBOT),
+                                    StreamConfig(ROBOT, cfg.robot_width, 4 * cfg.robot_width))
         if cfg.stage == "adapt":
             first = {"first_frame_context": True} if cfg.first_frame_context else {}  # else as pretrained
             self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,

@@ -179,7 +179,11 @@ def perturb(batch, noisy, chunk, k, clean=True, noise=True, keys=None):
     return b, n
 
 
-@pytest.mark.parametrize("robot", [{}, {"robot_action_dim": AR}, ROBOT], ids=["video+ell", "+robot", "+robot+state"])
+PER_ACTION = {**ROBOT, "robot_token_per_action": True}  # one robot token per raw action
+
+
+@pytest.mark.parametrize("robot", [{}, {"robot_action_dim": AR}, ROBOT, PER_ACTION],
+                         ids=["video+ell", "+robot", "+robot+state", "+robot+state per action"])
 def test_block_causal_at_every_layer(robot):
     model = scrambled(**robot)  # without states, the z_1 tokens have no robot-stream key to see
     B, T, k = 2, 7, 2  # chunks: 0 = [0], 1 = [1, 2], 2 = [3, 4], 3 = [5, 6]
@@ -366,7 +370,8 @@ ANCHORS = {"last_frame_cond": True, "video_target": "residual", "last_state_cond
 
 
 @pytest.mark.parametrize("window,cfg_scale,robot,extra", [(3, 1.0, False, {}), (None, 2.0, False, {}),
-                                                          (3, 2.0, True, {}), (3, 1.0, True, ANCHORS)])
+                                                          (3, 2.0, True, {}), (3, 1.0, True, ANCHORS),
+                                                          (3, 1.0, True, {**ANCHORS, "robot_token_per_action": True})])
 def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot, extra):
     model = scrambled(attn_window=window, **(ROBOT if robot else {}), **extra)
     B, k, steps = 2, 2, (2, 3)  # 9 latent frames, longer than the window of 3
@@ -394,7 +399,8 @@ def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot, 
                 model.append(cache, r.get("z", ch["observed"]), state=ch["state"] if robot else None)
                 sizes.append(cache.num_tokens)
     if window is not None:  # the cache holds the last window-1 latent frames only
-        per_frame = 16 + 1 + (2 if robot else 0)  # video, ℓ, robot and state tokens
+        robot_tokens = PER if extra.get("robot_token_per_action") else 1
+        per_frame = 16 + 1 + (robot_tokens + 1 if robot else 0)  # video, ℓ, robot and state tokens
         assert cache.meta.frame.min().item() == cache.next_frame - window + 1
         assert sizes[-1] == sizes[-2] == (window - 1) * per_frame
 
@@ -613,6 +619,33 @@ def test_last_state_cond_carries_exactly_the_last_clean_state(tmp_path):
     assert adapted.io["robot"].anchor.weight.abs().max() == 0  # starts as the model without it
     old = {key: v for key, v in adapted.cfg.to_dict().items() if key != "last_state_cond"}
     assert WAMConfig.from_dict(old).last_state_cond is False  # a config from before: loads as it was trained
+
+
+def test_robot_token_per_action_gives_each_action_its_own_token():
+    """robot_token_per_action: a latent frame's per raw actions are per tokens of A_r (with their own learned position
+    in the frame), not one token of per·A_r: the layout, the flattening round trip, the loss, and the state anchor
+    (last_state_cond) reaching every action token of a noisy frame and none before its chunk."""
+    B, T, k = 2, 5, 2
+    batch, noisy = clip(B, T, robot=True), noisy_inputs(B, T, robot=True)
+    model = scrambled(attn_window=1, last_state_cond=True, **PER_ACTION)
+    c = model.cfg
+    assert (c.token_dim("robot"), c.group_tokens_per_frame("robot")) == (AR, PER)
+    assert model.io["robot"].pos.shape == (PER, c.stream("robot").width)
+    layout, _ = clip_layout(c, T, k)
+    assert [len(m) for m in layout["robot"]] == [2 * PER, (T - 1) * PER]  # clean frames 1, 2; noisy frames 1..4
+    with torch.no_grad():
+        ref = tf(model, batch, noisy, k)["robot"]
+        assert ref.shape == (B, T - 1, PER, AR)
+        state = batch["state"].clone()
+        state[:, 2] += 1.0  # the anchor of noisy frames 3, 4: every action of them moves
+        moved = (tf(model, {**batch, "state": state}, noisy, k)["robot"] - ref).abs().amax(dim=(0, 3))
+        assert (moved[2:] > 1e-4).all() and (moved[:2] < 1e-6).all(), moved
+        x = model.flatten_robot(batch["action"])
+        assert x.shape == (B, (T - 1) * PER, AR) and torch.equal(model.unflatten_robot(x), batch["action"])
+    loss = scrambled(**PER_ACTION).train().loss(batch, chunk_size=2)
+    assert torch.isfinite(loss["robot"]) and loss["robot"] > 0
+    old = {key: v for key, v in c.to_dict().items() if key != "robot_token_per_action"}
+    assert WAMConfig.from_dict(old).robot_token_per_action is False  # a config from before: loads as it was trained
 
 
 def test_residual_video_target_starts_at_copy_last():

@@ -58,6 +58,9 @@ class WAMTrainConfig:
     last_state_cond: bool = False
     # adapt / joint: the action expert's width (its FFN 4x as wide); None: the ℓ stream's (the narrow default)
     robot_width: int | None = None
+    # adapt / joint: one robot token per raw action instead of one per latent frame carrying all of its actions
+    # (WAMConfig.robot_token_per_action), as the plain policy's decoder has one query per action
+    robot_token_per_action: bool = False
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -91,6 +94,9 @@ class WAMTrainConfig:
         if self.robot_width is not None and (not self.robot or self.robot_width < 1):
             raise RepwamError(f"robot_width={self.robot_width}: the action expert's width is set at adapt or joint, "
                               "and must be >= 1")
+        if self.robot_token_per_action and not self.robot:
+            raise RepwamError("robot_token_per_action lays out the action expert's tokens: it needs --stage adapt or "
+                              "joint")
         if self.aux_weight < 0:
             raise RepwamError(f"aux_weight must be >= 0, got {self.aux_weight}")
     @property
@@ -161,7 +167,8 @@ class WAMStage(Stage):
             robot = dict(robot_action_dim=a_dim, robot_per_frame=self.train_set.tp * self.train_set.stride,
                          state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0,
                          aux_dim=len(self.train_set.aux_norm.mean) if cfg.aux_key else 0,
-                         aux_loss_weight=cfg.aux_weight, last_state_cond=cfg.last_state_cond)
+                         aux_loss_weight=cfg.aux_weight, last_state_cond=cfg.last_state_cond,
+                         robot_token_per_action=cfg.robot_token_per_action)
             if cfg.robot_width:  # the streams of the model adapted (or built), with the robot stream's width
                 base = (WAMConfig.from_dict(WorldActionModel.read_checkpoint_config(cfg.init)["wam"])
                         if cfg.stage == "adapt" else WAMConfig.preset(cfg.preset))

@@ -149,7 +149,8 @@ class StreamConfig:
 
     The name is "video", "action" (ℓ) or "robot" (the action expert). `token_dim` and
     `tokens_per_frame` follow from the inputs (video: p²·d_v and L/p²; action: action_dim and 1;
-    robot: robot_per_frame·robot_action_dim and 1); when given they must agree.
+    robot: robot_per_frame·robot_action_dim and 1, or robot_action_dim and robot_per_frame with
+    robot_token_per_action); when given they must agree.
     """
 
     name: str
@@ -168,6 +169,7 @@ class WAMConfig:
     action_dim: int = 4  # A, width of ell
     robot_action_dim: int = 0  # A_r; > 0 adds the robot stream (the action expert)
     robot_per_frame: int = 4  # per: raw robot actions per latent-frame step (one robot token carries per·A_r)
+    robot_token_per_action: bool = False  # one robot token per raw action (per tokens of A_r per latent frame)
     state_dim: int = 0  # D_s; > 0 adds one clean state token per latent frame to the robot stream
     # training only: each state token's final hidden state -> MLP -> an aux_dim-d privileged target of its frame
     # (train/wam's aux_key: the simulator's object and goal poses), so the action expert has to find them in the
@@ -296,10 +298,13 @@ class WAMConfig:
     def token_dim(self, group: str) -> int:
         """Features per input token of a token group."""
         return {VIDEO: self.patch_size**2 * self.latent_dim, ACTION: self.action_dim,
-                ROBOT: self.robot_per_frame * self.robot_action_dim, STATE: self.state_dim}[group]
+                ROBOT: self.robot_action_dim * (1 if self.robot_token_per_action else self.robot_per_frame),
+                STATE: self.state_dim}[group]
 
     def group_tokens_per_frame(self, group: str) -> int:
         h, w = self.patch_grid
+        if group == ROBOT and self.robot_token_per_action:
+            return self.robot_per_frame
         return h * w if group == VIDEO else 1
 
     def group_first_frame(self, group: str) -> int:
@@ -1107,8 +1112,14 @@ class WorldActionModel(Pretrained, nn.Module):
         gap = (1 - alpha.float()).clamp(min=RESIDUAL_MIN_GAP)[..., None]
         return (anchor.float() + head.float() - x.float()) / gap
 
+    def flatten_robot(self, x):
+        """robot actions (B, F, per, A_r) -> tokens (B, F, per·A_r), or (B, F·per, A_r) [robot_token_per_action]."""
+        return x.flatten(1, 2) if self.cfg.robot_token_per_action else x.flatten(2)
+
     def unflatten_robot(self, x):
-        """robot tokens (B, F, per·A_r) -> actions (B, F, per, A_r)."""
+        """robot tokens (B, F, per·A_r) or (B, F·per, A_r) [robot_token_per_action] -> actions (B, F, per, A_r)."""
+        if self.cfg.robot_token_per_action:
+            return x.unflatten(1, (-1, self.cfg.robot_per_frame))
         return x.unflatten(-1, (self.cfg.robot_per_frame, self.cfg.robot_action_dim))
 
     def text_context(self, text_emb=None, text_mask=None, drop=None, batch_size=None, first=None) -> TextContext:
@@ -1303,12 +1314,13 @@ class WorldActionModel(Pretrained, nn.Module):
         if c.has(STATE):
             self._check_state(state, B, T)
         layout, n_clean = clip_layout(c, T, chunk_size, drop_video, z.device, drop_ell=drop_ell)
-        P = c.group_tokens_per_frame(VIDEO)
+        P, P_r = c.group_tokens_per_frame(VIDEO), c.group_tokens_per_frame(ROBOT)
 
         clean = {VIDEO: lambda: self.patchify(z[:, :n_clean]), ACTION: lambda: ell[:, : n_clean - 1],
-                 ROBOT: lambda: robot[:, : n_clean - 1].flatten(2), STATE: lambda: state[:, :n_clean]}
+                 ROBOT: lambda: self.flatten_robot(robot[:, : n_clean - 1]), STATE: lambda: state[:, :n_clean]}
         noisy = {VIDEO: lambda: (self.patchify(noisy_z), alpha_z.repeat_interleave(P, 1)),
-                 ACTION: lambda: (noisy_ell, alpha_ell), ROBOT: lambda: (noisy_robot.flatten(2), alpha_robot)}
+                 ACTION: lambda: (noisy_ell, alpha_ell),
+                 ROBOT: lambda: (self.flatten_robot(noisy_robot), alpha_robot.repeat_interleave(P_r, 1))}
         feats, alpha, meta = {}, {}, {}
         for g, (m_clean, m_noisy) in layout.items():
             f = clean[g]()
@@ -1328,7 +1340,7 @@ class WorldActionModel(Pretrained, nn.Module):
         if c.last_frame_cond and not drop_video:
             anchors[VIDEO] = self.patchify(z[:, last])
         if c.last_state_cond:
-            anchors[ROBOT] = state[:, last]
+            anchors[ROBOT] = state[:, last].repeat_interleave(P_r, 1)
         text = self.text_context(text_emb, text_mask, drop_text, B, first)
         heads = [g for g in self.stream_names if layout[g][1] is not None]
         aux = aux and c.aux_dim > 0
@@ -1344,7 +1356,7 @@ class WorldActionModel(Pretrained, nn.Module):
         if c.has(ACTION):
             result[ACTION] = None if drop_ell else out[ACTION][:, n_clean - 1 :]
         if c.has(ROBOT):
-            result[ROBOT] = self.unflatten_robot(out[ROBOT][:, n_clean - 1 :])
+            result[ROBOT] = self.unflatten_robot(out[ROBOT][:, (n_clean - 1) * P_r :])
         return result
 
     def sample_alpha(self, shape, device=None) -> torch.Tensor:
@@ -1509,11 +1521,12 @@ class WorldActionModel(Pretrained, nn.Module):
         frames = torch.arange(cache.next_frame, cache.next_frame + n, device=dev)
         chunk = torch.full_like(frames, cache.next_chunk)
         feats = {VIDEO: self.patchify(z_frames), ACTION: ell,
-                 ROBOT: None if robot is None else robot.flatten(2), STATE: state}
+                 ROBOT: None if robot is None else self.flatten_robot(robot), STATE: state}
         feats = {g: f for g, f in feats.items() if f is not None and f.shape[1] > 0}
         meta = {}
         for g, f in feats.items():
-            m = n if g == VIDEO else f.shape[1]  # latent frames covered: ℓ and robot lead into the last n_act
+            m = n if g == VIDEO else f.shape[1] // self.cfg.group_tokens_per_frame(g)  # frames covered: ℓ and
+            # robot lead into the last n_act
             meta[g] = group_meta(self.cfg, g, frames[n - m :], chunk[n - m :], False)
         alpha = {g: f.new_ones(f.shape[:2], dtype=torch.float32) for g, f in feats.items()}
         _, new_kv = self._run(feats, alpha, meta, cache.text, text_kv=cache.text_kv, past=cache, heads=())
@@ -1612,7 +1625,7 @@ class WorldActionModel(Pretrained, nn.Module):
                 x0 = torch.randn(shapes[g], generator=generator, device=generator.device if generator else dev).to(dev)
             if tuple(x0.shape) != shapes[g]:
                 raise RepwamError(f"noise[{key[g]!r}] has shape {tuple(x0.shape)}; expected {shapes[g]}")
-            x[g] = {VIDEO: self.patchify, ACTION: lambda t: t, ROBOT: lambda t: t.flatten(2)}[g](x0)
+            x[g] = {VIDEO: self.patchify, ACTION: lambda t: t, ROBOT: self.flatten_robot}[g](x0)
         frames = torch.arange(cache.next_frame, cache.next_frame + k, device=dev)
         chunk = torch.full_like(frames, cache.next_chunk)
         meta = {g: group_meta(c, g, frames, chunk, True) for g in groups}
@@ -1620,7 +1633,7 @@ class WorldActionModel(Pretrained, nn.Module):
         if VIDEO in groups and c.last_frame_cond:
             anchors[VIDEO] = self.patchify(cache.last_z[:, None].expand(-1, k, -1, -1))
         if ROBOT in groups and c.last_state_cond:
-            anchors[ROBOT] = cache.last_state[:, None].expand(-1, k, -1)
+            anchors[ROBOT] = cache.last_state[:, None].expand(-1, k * c.group_tokens_per_frame(ROBOT), -1)
 
         # the same for every Euler step: masks, RoPE, the cached K/V with slots for this chunk, time embeddings
         plan = self._plan(cache, meta)

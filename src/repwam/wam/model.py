@@ -24,6 +24,8 @@ input embedding and output head; attention weights are shared at the video width
             action leading into it): frame 0 has none.  ell (B, T'-1, A) -> Linear -> width D_a
     robot   (the action expert; robot_action_dim = A_r > 0) like ℓ, one token per latent-frame step:
             the token of frame t+1 carries the chunk a_t, flattened (B, T'-1, per·A_r) -> Linear -> D_r;
+            with robot_token_per_action, per tokens of one action each instead ((B, (T'-1)·per, A_r), a learned
+            position within the frame, the frame's RoPE position and mask rule for all of them);
             with last_state_cond a noisy token also adds Linear_anchor(the state at the last clean frame
             before its chunk), as last_frame_cond does for video (zero-initialised): the current state
             reaches every noisy action directly, not only as one key among the window's

@@ -182,6 +182,37 @@ def test_policy_receding_horizon_and_cache_equal_fresh_encode(adapted, tiny_data
     torch.testing.assert_close(torch.stack(policy.history_latents()), z_full, atol=1e-4, rtol=1e-4)
 
 
+def test_policy_plans_ahead_of_what_it_executes(adapted, tiny_dataset):
+    """execute=4 with chunk=2: every plan samples two latent frames (8 actions) and runs the first 4; each replan
+    appends one observed latent frame with the 4 actions really run; the history still equals a fresh encode."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.data.transforms import frames_to_model
+    from repwam.policy import load_policy
+
+    ds = LeRobotDataset(tiny_dataset)
+    policy = load_policy(adapted, chunk=2, execute=4)
+    assert policy.metadata["action_horizon"] == 4
+    sampled, appended = [], []
+    sample, append = policy.model.sample_chunk, policy.model.append
+    policy.model.sample_chunk = lambda c, k, **kw: sampled.append(k) or sample(c, k, **kw)
+    policy.model.append = lambda c, z, **kw: appended.append((z.shape[1], kw.get("robot"))) or append(c, z, **kw)
+    policy.reset(ds.episode_task(0))
+    run = []
+    for t in range(13):
+        out = policy.infer(_episode_obs(ds, 0, t))
+        assert 1 <= len(out["actions"]) <= 4
+        run.append(out["actions"][0])
+    assert sampled == [2, 2, 2, 2], "plans at t = 0, 4, 8, 12, each of two latent frames"
+    assert [n for n, _ in appended] == [1, 1, 1, 1], "frame 0, then one observed latent frame per replan"
+    executed = policy.action_norm(torch.from_numpy(np.stack(run[:4])))  # the first plan's 4 actions, normalised
+    torch.testing.assert_close(appended[1][1][0, 0].float(), executed.float(), atol=1e-5, rtol=1e-5)
+    cam = ds.camera_keys[0]
+    frames = frames_to_model(torch.from_numpy(ds.episode_frames(0, cam)[:13]).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        z_full = policy.tokenizer.encode(frames[None])[0]  # (4, L, d)
+    torch.testing.assert_close(torch.stack(policy.history_latents()), z_full, atol=1e-4, rtol=1e-4)
+
+
 def test_policy_bad_inputs(adapted, tiny_dataset):
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
@@ -189,8 +220,11 @@ def test_policy_bad_inputs(adapted, tiny_dataset):
     ds = LeRobotDataset(tiny_dataset)
     with pytest.raises(RepwamError, match=r"chunk must be in \[1, 4\]"):
         load_policy(adapted, chunk=5)
-    with pytest.raises(RepwamError, match="inference settings are chunk.*unknown: execute"):
-        load_policy(adapted, execute=4)  # the plain policy's setting
+    with pytest.raises(RepwamError, match="inference settings are chunk.*unknown: steps"):
+        load_policy(adapted, steps=4)  # the plain policy's setting
+    for bad in (2, 12, 0, 4.0, True):
+        with pytest.raises(RepwamError, match=r"execute must be a multiple of 4 .* in \[4, 8\] \(chunk=2"):
+            load_policy(adapted, chunk=2, execute=bad)
     for bad in (0, 2.5, True):
         with pytest.raises(RepwamError, match="action_steps must be a positive integer"):
             load_policy(adapted, action_steps=bad)

@@ -10,8 +10,9 @@ Timeline (temporal_patch tp = 4 raw steps per latent frame, chunk of k latent fr
                    as one clean chunk with the robot actions really executed, the ℓ the LAT's IDM reads off the
                    observed latents, and the observed state; sample the next chunk; and so on.
 The history therefore holds real observed latents only (never imagined ones), chunked exactly as in training.
-`execute` = k·tp actions per plan (receding horizon by chunks); `actions_only` skips denoising the video stream
-(and ℓ with `robot_only`), the fast control mode.
+`execute` actions per plan, k·tp by default (receding horizon by chunks); fewer, a multiple of tp, plans k latent
+frames ahead and runs only the first execute/tp of them (the plain policy's plan-16-run-8), appended as a shorter
+clean chunk; `actions_only` skips denoising the video stream (and ℓ with `robot_only`), the fast control mode.
 
 The same transforms as training and the server (repwam.data.transforms): image_to_model, the state and action
 Normalizers saved in the WAM checkpoint, and the server's observation check (repwam.serve.validate_observation).
@@ -39,11 +40,13 @@ from repwam.wam.text import TextEncoder
 
 
 class RepWAMPolicy:
-    # what `load_policy(path, **settings)` takes; action_steps / video_steps: Euler steps per chunk (None: the model's)
-    SETTINGS = ("chunk", "actions_only", "robot_only", "seed", "imagine", "estimator", "action_steps", "video_steps")
+    # what `load_policy(path, **settings)` takes; action_steps / video_steps: Euler steps per chunk (None: the model's);
+    # execute: raw actions run per plan (None: the whole chunk, chunk · temporal_patch)
+    SETTINGS = ("chunk", "execute", "actions_only", "robot_only", "seed", "imagine", "estimator", "action_steps",
+                "video_steps")
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
-                 chunk: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
+                 chunk: int | None = None, execute: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
                  imagine: bool = False, estimator: StateEstimator | None = None, action_steps: int | None = None,
                  video_steps: int | None = None):
         meta = model.checkpoint_meta
@@ -60,6 +63,12 @@ class RepWAMPolicy:
                 raise RepwamError(f"{name} must be a positive integer (Euler steps per chunk), got {n!r}")
         self.action_steps, self.video_steps = action_steps, video_steps
         self.per = model.cfg.robot_per_frame
+        self.execute = self.k * self.per if execute is None else execute
+        if (isinstance(self.execute, bool) or not isinstance(self.execute, int) or self.execute % self.per
+                or not self.per <= self.execute <= self.k * self.per):
+            raise RepwamError(f"execute must be a multiple of {self.per} (the actions of one latent frame) in "
+                              f"[{self.per}, {self.k * self.per}] (chunk={self.k} latent frames), got {execute!r}")
+        self.m = self.execute // self.per  # latent frames run, observed and appended per plan
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if model.cfg.state_dim else None
@@ -85,7 +94,7 @@ class RepWAMPolicy:
             "max_image_size": 1024,
             "state_dim": 0 if privileged else robot_state_dim,
             "action_dim": model.cfg.robot_action_dim,
-            "action_horizon": self.k * self.per,
+            "action_horizon": self.execute,
             "instruction_key": INSTRUCTION_KEY,
             "privileged": privileged,
         }
@@ -180,8 +189,8 @@ class RepWAMPolicy:
                 ep["frames"] = []
                 ep["new_z"].append((z, state))
             if not ep["queue"]:  # the planned chunk is executed and observed: append it, plan the next
-                if len(ep["new_z"]) != self.k:
-                    raise RepwamError(f"internal: {len(ep['new_z'])} new latent frames at a replan, expected {self.k}")
+                if len(ep["new_z"]) != self.m:
+                    raise RepwamError(f"internal: {len(ep['new_z'])} new latent frames at a replan, expected {self.m}")
                 self._append_observed()
                 out = self._plan()
         if ep.get("estimate") is not None:
@@ -195,16 +204,15 @@ class RepWAMPolicy:
 
     def _append_observed(self) -> None:
         ep = self._episode
-        z = torch.stack([z for z, _ in ep["new_z"]], 1)  # (1, k, L, d)
+        z = torch.stack([z for z, _ in ep["new_z"]], 1)  # (1, m, L, d)
         states = None
         if self.state_norm is not None:
-            states = torch.stack([s for _, s in ep["new_z"]])[None]  # (1, k, D_s)
-        robot = torch.from_numpy(np.stack(ep["executed"])).reshape(1, self.k, -1)  # (1, k, per * A)
-        robot = robot.reshape(1, self.k, self.per, -1)
+            states = torch.stack([s for _, s in ep["new_z"]])[None]  # (1, m, D_s)
+        robot = torch.from_numpy(np.stack(ep["executed"])).reshape(1, self.m, self.per, -1)  # (1, m, per, A)
         ell = None
         if self.lat is not None:  # the latent actions the LAT reads off what really happened
-            seq = torch.cat([ep["last_z"][:, None], z], 1)  # (1, k+1, L, d)
-            ell = self.ell_norm(self.lat(seq))  # (1, k, A)
+            seq = torch.cat([ep["last_z"][:, None], z], 1)  # (1, m+1, L, d)
+            ell = self.ell_norm(self.lat(seq))  # (1, m, A)
         self.model.append(ep["cache"], z, ell=ell, robot=robot, state=states)
         ep["history"] += list(z[0])
         ep["last_z"], ep["new_z"], ep["executed"] = z[:, -1], [], []
@@ -215,7 +223,7 @@ class RepWAMPolicy:
                                       robot_only=self.robot_only, generator=ep["generator"],
                                       action_steps=self.action_steps, video_steps=self.video_steps)
         robot = out["robot"][0].reshape(self.k * self.per, -1)  # (k·per, A) normalised
-        ep["queue"] = list(robot.float().numpy())
+        ep["queue"] = list(robot[: self.execute].float().numpy())
         extra = {}
         if self.imagine and out.get("z") is not None:
             z = torch.cat([ep["last_z"][:, None], out["z"]], 1)  # (1, 1+k, V L, d)

@@ -46,7 +46,8 @@ class RepWAMPolicy:
                 "video_steps")
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
-                 chunk: int | None = None, execute: int | None = None, actions_only: bool = True, robot_only: bool = False, seed: int = 0,
+                 chunk: int | None = None, execute: int | None = None, actions_only: bool = True,
+                 robot_only: bool = False, seed: int = 0,
                  imagine: bool = False, estimator: StateEstimator | None = None, action_steps: int | None = None,
                  video_steps: int | None = None):
         meta = model.checkpoint_meta

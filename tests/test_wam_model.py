@@ -182,8 +182,8 @@ def perturb(batch, noisy, chunk, k, clean=True, noise=True, keys=None):
 PER_ACTION = {**ROBOT, "robot_token_per_action": True}  # one robot token per raw action
 
 
-@pytest.mark.parametrize("robot", [{}, {"robot_action_dim": AR}, ROBOT, PER_ACTION],
-                         ids=["video+ell", "+robot", "+robot+state", "+robot+state per action"])
+@pytest.mark.parametrize("robot", [{}, {"robot_action_dim": AR}, ROBOT, PER_ACTION, {**ROBOT, "robot_history": False}],
+                         ids=["video+ell", "+robot", "+robot+state", "+robot+state per action", "no robot history"])
 def test_block_causal_at_every_layer(robot):
     model = scrambled(**robot)  # without states, the z_1 tokens have no robot-stream key to see
     B, T, k = 2, 7, 2  # chunks: 0 = [0], 1 = [1, 2], 2 = [3, 4], 3 = [5, 6]
@@ -371,7 +371,8 @@ ANCHORS = {"last_frame_cond": True, "video_target": "residual", "last_state_cond
 
 @pytest.mark.parametrize("window,cfg_scale,robot,extra", [(3, 1.0, False, {}), (None, 2.0, False, {}),
                                                           (3, 2.0, True, {}), (3, 1.0, True, ANCHORS),
-                                                          (3, 1.0, True, {**ANCHORS, "robot_token_per_action": True})])
+                                                          (3, 1.0, True, {**ANCHORS, "robot_token_per_action": True}),
+                                                          (3, 1.0, True, {"robot_history": False})])
 def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot, extra):
     model = scrambled(attn_window=window, **(ROBOT if robot else {}), **extra)
     B, k, steps = 2, 2, (2, 3)  # 9 latent frames, longer than the window of 3
@@ -399,7 +400,7 @@ def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot, 
                 model.append(cache, r.get("z", ch["observed"]), state=ch["state"] if robot else None)
                 sizes.append(cache.num_tokens)
     if window is not None:  # the cache holds the last window-1 latent frames only
-        robot_tokens = PER if extra.get("robot_token_per_action") else 1
+        robot_tokens = 0 if extra.get("robot_history") is False else PER if extra.get("robot_token_per_action") else 1
         per_frame = 16 + 1 + (robot_tokens + 1 if robot else 0)  # video, ℓ, robot and state tokens
         assert cache.meta.frame.min().item() == cache.next_frame - window + 1
         assert sizes[-1] == sizes[-2] == (window - 1) * per_frame
@@ -646,6 +647,32 @@ def test_robot_token_per_action_gives_each_action_its_own_token():
     assert torch.isfinite(loss["robot"]) and loss["robot"] > 0
     old = {key: v for key, v in c.to_dict().items() if key != "robot_token_per_action"}
     assert WAMConfig.from_dict(old).robot_token_per_action is False  # a config from before: loads as it was trained
+
+
+def test_no_robot_history_never_reads_the_executed_actions():
+    """robot_history=False: the clean robot actions of the past are not in the sequence, so changing them changes no
+    output of any stream (teacher forcing and KV-cache sampling alike); with the history they reach the robot tokens."""
+    B, T, k = 2, 5, 2
+    batch, noisy = clip(B, T, robot=True), noisy_inputs(B, T, robot=True)
+    other = {**batch, "action": batch["action"] + 1.0}
+    for history in (True, False):
+        model = scrambled(robot_history=history, **ROBOT)
+        layout, _ = clip_layout(model.cfg, T, k)
+        assert (len(layout["robot"][0]) > 0) == history and len(layout["robot"][1]) == T - 1
+        with torch.no_grad():
+            ref, out = tf(model, batch, noisy, k), tf(model, other, noisy, k)
+            # noisy robot actions are the same in both: only the clean (executed) ones differ
+            assert torch.allclose(ref["robot"], out["robot"]) != history
+            assert torch.allclose(ref["video"], out["video"]) != history
+            samples = []
+            for acts in (batch["action"], other["action"]):
+                cache = model.new_cache(batch["text"], batch["text_mask"])
+                model.append(cache, batch["z"][:, :1], state=batch["state"][:, :1])
+                model.append(cache, batch["z"][:, 1:3], ell=batch["ell"][:, :2], robot=acts[:, :2],
+                             state=batch["state"][:, 1:3])
+                g = torch.Generator().manual_seed(0)
+                samples.append(model.sample_chunk(cache, 2, actions_only=True, generator=g)["robot"])
+            assert torch.allclose(*samples) != history
 
 
 def test_residual_video_target_starts_at_copy_last():

@@ -343,7 +343,8 @@ def test_adapt_and_policy_with_the_first_frame_as_context(wam_ckpt, tiny_dataset
 def test_adapt_with_the_last_state_as_anchor_and_a_wider_expert(wam_ckpt, tiny_dataset, tmp_path):
     """--last-state-cond: adaptation adds the robot anchor (zero-initialised, then trained) and the policy's cache
     carries the latest observed state into every chunk it samples. --robot-width sets the action expert's width;
-    --robot-token-per-action its layout (one token per raw action), which the policy samples through."""
+    --robot-token-per-action its layout (one token per raw action), which the policy samples through;
+    --no-robot-history leaves the executed actions out of the history (the policy still passes them: ignored)."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
 
@@ -353,14 +354,17 @@ def test_adapt_with_the_last_state_as_anchor_and_a_wider_expert(wam_ckpt, tiny_d
         WAMTrainConfig(robot_width=48)
     with pytest.raises(RepwamError, match="robot_token_per_action .* needs --stage adapt or joint"):
         WAMTrainConfig(robot_token_per_action=True)
+    with pytest.raises(RepwamError, match="--no-robot-history .* needs --stage adapt or joint"):
+        WAMTrainConfig(robot_history=False)
     cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
-                         last_state_cond=True, robot_width=48, robot_token_per_action=True,
+                         last_state_cond=True, robot_width=48, robot_token_per_action=True, robot_history=False,
                          optim=OptimConfig(steps=3, batch_size=4, optimizer="muon", lr=1e-3, warmup=1, save_every=3,
                                            val_items=8))
     ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
     model = WorldActionModel.from_pretrained(ckpt)
     assert model.cfg.last_state_cond and model.io["robot"].anchor.weight.abs().max() > 0
     assert model.cfg.robot_token_per_action and model.cfg.group_tokens_per_frame("robot") == model.cfg.robot_per_frame
+    assert not model.cfg.robot_history
     pre = WorldActionModel.from_pretrained(wam_ckpt)
     assert model.cfg.stream("robot").width == 48 and model.cfg.stream("robot").ffn_hidden == 192
     assert [model.cfg.stream(n) for n in ("video", "action")] == [pre.cfg.stream(n) for n in ("video", "action")]

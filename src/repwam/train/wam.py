@@ -61,6 +61,9 @@ class WAMTrainConfig:
     # adapt / joint: one robot token per raw action instead of one per latent frame carrying all of its actions
     # (WAMConfig.robot_token_per_action), as the plain policy's decoder has one query per action
     robot_token_per_action: bool = False
+    # adapt / joint: --no-robot-history leaves the executed robot actions of the past out of the sequence
+    # (WAMConfig.robot_history): the model sees them only through the frames, ℓ and states they produced
+    robot_history: bool = True
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -94,6 +97,9 @@ class WAMTrainConfig:
         if self.robot_width is not None and (not self.robot or self.robot_width < 1):
             raise RepwamError(f"robot_width={self.robot_width}: the action expert's width is set at adapt or joint, "
                               "and must be >= 1")
+        if not self.robot_history and not self.robot:
+            raise RepwamError("--no-robot-history leaves the action expert's past actions out: it needs --stage adapt "
+                              "or joint")
         if self.robot_token_per_action and not self.robot:
             raise RepwamError("robot_token_per_action lays out the action expert's tokens: it needs --stage adapt or "
                               "joint")
@@ -168,7 +174,7 @@ class WAMStage(Stage):
                          state_dim=len(self.train_set.state_norm.mean) if cfg.use_state else 0,
                          aux_dim=len(self.train_set.aux_norm.mean) if cfg.aux_key else 0,
                          aux_loss_weight=cfg.aux_weight, last_state_cond=cfg.last_state_cond,
-                         robot_token_per_action=cfg.robot_token_per_action)
+                         robot_token_per_action=cfg.robot_token_per_action, robot_history=cfg.robot_history)
             if cfg.robot_width:  # the streams of the model adapted (or built), with the robot stream's width
                 base = (WAMConfig.from_dict(WorldActionModel.read_checkpoint_config(cfg.init)["wam"])
                         if cfg.stage == "adapt" else WAMConfig.preset(cfg.preset))

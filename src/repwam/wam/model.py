@@ -25,7 +25,9 @@ input embedding and output head; attention weights are shared at the video width
     robot   (the action expert; robot_action_dim = A_r > 0) like ℓ, one token per latent-frame step:
             the token of frame t+1 carries the chunk a_t, flattened (B, T'-1, per·A_r) -> Linear -> D_r;
             with robot_token_per_action, per tokens of one action each instead ((B, (T'-1)·per, A_r), a learned
-            position within the frame, the frame's RoPE position and mask rule for all of them);
+            position within the frame, the frame's RoPE position and mask rule for all of them); with
+            robot_history=False no clean robot tokens: only the noisy ones of the chunk being denoised (past
+            actions reach the model only through the frames, ℓ and states they produced);
             with last_state_cond a noisy token also adds Linear_anchor(the state at the last clean frame
             before its chunk), as last_frame_cond does for video (zero-initialised): the current state
             reaches every noisy action directly, not only as one key among the window's
@@ -172,6 +174,9 @@ class WAMConfig:
     robot_action_dim: int = 0  # A_r; > 0 adds the robot stream (the action expert)
     robot_per_frame: int = 4  # per: raw robot actions per latent-frame step (one robot token carries per·A_r)
     robot_token_per_action: bool = False  # one robot token per raw action (per tokens of A_r per latent frame)
+    # clean robot-action tokens of the past in the sequence; False leaves them out: the model sees past actions only
+    # through what they did (frames, ℓ, states), never the executed commands themselves (the copycat shortcut)
+    robot_history: bool = True
     state_dim: int = 0  # D_s; > 0 adds one clean state token per latent frame to the robot stream
     # training only: each state token's final hidden state -> MLP -> an aux_dim-d privileged target of its frame
     # (train/wam's aux_key: the simulator's object and goal poses), so the action expert has to find them in the
@@ -523,7 +528,8 @@ def clip_layout(cfg: WAMConfig, num_frames: int, chunk_size: int, drop_video: bo
     layout = {}
     for g in cfg.token_groups:
         f0 = cfg.group_first_frame(g)
-        clean = group_meta(cfg, g, frames[f0:n_clean], chunk[f0:n_clean], False)
+        last = f0 if g == ROBOT and not cfg.robot_history else n_clean  # no clean robot tokens without history
+        clean = group_meta(cfg, g, frames[f0:last], chunk[f0:last], False)
         left_out = g == STATE or (drop_video and g == VIDEO) or (drop_ell and g == ACTION)
         layout[g] = (clean, None if left_out else group_meta(cfg, g, frames[1:], chunk[1:], True))
     return layout, n_clean
@@ -1317,9 +1323,10 @@ class WorldActionModel(Pretrained, nn.Module):
             self._check_state(state, B, T)
         layout, n_clean = clip_layout(c, T, chunk_size, drop_video, z.device, drop_ell=drop_ell)
         P, P_r = c.group_tokens_per_frame(VIDEO), c.group_tokens_per_frame(ROBOT)
+        n_robot_clean = n_clean - 1 if c.robot_history else 0  # latent frames of clean robot tokens
 
         clean = {VIDEO: lambda: self.patchify(z[:, :n_clean]), ACTION: lambda: ell[:, : n_clean - 1],
-                 ROBOT: lambda: self.flatten_robot(robot[:, : n_clean - 1]), STATE: lambda: state[:, :n_clean]}
+                 ROBOT: lambda: self.flatten_robot(robot[:, : n_robot_clean]), STATE: lambda: state[:, :n_clean]}
         noisy = {VIDEO: lambda: (self.patchify(noisy_z), alpha_z.repeat_interleave(P, 1)),
                  ACTION: lambda: (noisy_ell, alpha_ell),
                  ROBOT: lambda: (self.flatten_robot(noisy_robot), alpha_robot.repeat_interleave(P_r, 1))}
@@ -1358,7 +1365,7 @@ class WorldActionModel(Pretrained, nn.Module):
         if c.has(ACTION):
             result[ACTION] = None if drop_ell else out[ACTION][:, n_clean - 1 :]
         if c.has(ROBOT):
-            result[ROBOT] = self.unflatten_robot(out[ROBOT][:, (n_clean - 1) * P_r :])
+            result[ROBOT] = self.unflatten_robot(out[ROBOT][:, n_robot_clean * P_r :])
         return result
 
     def sample_alpha(self, shape, device=None) -> torch.Tensor:
@@ -1523,7 +1530,8 @@ class WorldActionModel(Pretrained, nn.Module):
         frames = torch.arange(cache.next_frame, cache.next_frame + n, device=dev)
         chunk = torch.full_like(frames, cache.next_chunk)
         feats = {VIDEO: self.patchify(z_frames), ACTION: ell,
-                 ROBOT: None if robot is None else self.flatten_robot(robot), STATE: state}
+                 ROBOT: None if robot is None or not self.cfg.robot_history else self.flatten_robot(robot),
+                 STATE: state}
         feats = {g: f for g, f in feats.items() if f is not None and f.shape[1] > 0}
         meta = {}
         for g, f in feats.items():

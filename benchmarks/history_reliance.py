@@ -16,39 +16,31 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 
 def reliance(run: Path, items: int) -> dict:
-    from repwam.train.trainer import OptimConfig, val_subset
+    from dataclasses import replace
+
+    from repwam.config import from_dict, load_run_config
     from repwam.train.wam import WAMStage, WAMTrainConfig
     from repwam.wam.model import WorldActionModel
 
-    spec = json.loads((run / "run.json").read_text())
-    data = spec.pop("data")
-    spec.pop("command", None)
-    optim = OptimConfig(**spec.pop("optim"))
-    cfg = WAMTrainConfig(**spec, optim=optim)
+    spec, data = load_run_config(run, "wam")
+    cfg = from_dict(WAMTrainConfig, spec)
+    cfg = replace(cfg, optim=replace(cfg.optim, val_items=items))
     stage = WAMStage(cfg, data, progress=False)
     model = WorldActionModel.from_pretrained(run / "checkpoints" / "last").eval()
-    clips = val_subset(stage.val_set, items, seed=1)
-    loader = torch.utils.data.DataLoader(clips, batch_size=32, collate_fn=stage.collate_fn)
     forward = model.forward
     out = {}
     for name, swap in (("as_trained", False), ("history_from_another_clip", True)):
         def patched(*a, **kw):
             if swap and kw.get("robot") is not None:
-                kw["robot"] = kw["robot"].roll(1, 0)
+                kw["robot"] = kw["robot"].roll(1, 0)  # the clean history only: the noisy actions are kw["noisy_robot"]
             return forward(*a, **kw)
 
         model.forward = patched
-        losses = []
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            for batch in loader:
-                losses.append(float(model.loss(batch, chunk_size=2, drop_video=False, drop_ell=False)["robot"]))
-        out[name] = round(float(np.mean(losses)), 4)
+        out[name] = round(stage.validate(model)["robot"], 4)  # the training's validation: same clips, same noise
     model.forward = forward
     out["ratio"] = round(out["history_from_another_clip"] / out["as_trained"], 3)
     out["robot_history"] = model.cfg.robot_history

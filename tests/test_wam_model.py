@@ -675,6 +675,47 @@ def test_no_robot_history_never_reads_the_executed_actions():
             assert torch.allclose(*samples) != history
 
 
+def test_robot_history_drop_is_the_no_history_model_per_clip(monkeypatch):
+    """robot_history_drop: a hidden clip's outputs are exactly those of the same weights without the robot history
+    (robot_history=False), the other clip's those with it; a cache made with robot_history=False samples as the
+    no-history model does; training draws the hidden clips at the configured rate, evaluation never hides."""
+    B, T, k = 2, 5, 2
+    batch, noisy = clip(B, T, robot=True), noisy_inputs(B, T, robot=True)
+    with_h = scrambled(robot_history_drop=0.5, **ROBOT)
+    without = WorldActionModel(replace(with_h.cfg, robot_history=False, robot_history_drop=0.0)).eval()
+    without.load_state_dict(with_h.state_dict())
+    with torch.no_grad():
+        full, none = tf(with_h, batch, noisy, k), tf(without, batch, noisy, k)
+        mixed = tf(with_h, batch, noisy, k, drop_robot_history=torch.tensor([True, False]))
+    for key in ("robot", "video", "action"):
+        assert torch.allclose(mixed[key][0], none[key][0], atol=1e-5)
+        assert torch.allclose(mixed[key][1], full[key][1], atol=1e-5)
+        assert not torch.allclose(full[key][0], none[key][0], atol=1e-3)  # the history did matter
+    samples = []
+    for model, history in ((with_h, False), (without, None), (with_h, True)):
+        cache = model.new_cache(batch["text"], batch["text_mask"], robot_history=history)
+        model.append(cache, batch["z"][:, :1], state=batch["state"][:, :1])
+        model.append(cache, batch["z"][:, 1:3], ell=batch["ell"][:, :2], robot=batch["action"][:, :2],
+                     state=batch["state"][:, 1:3])
+        samples.append(model.sample_chunk(cache, 2, actions_only=True, generator=torch.Generator().manual_seed(0)))
+    assert torch.allclose(samples[0]["robot"], samples[1]["robot"], atol=1e-5)
+    assert not torch.allclose(samples[0]["robot"], samples[2]["robot"], atol=1e-3)
+    with pytest.raises(RepwamError, match="trained without the robot history"):
+        without.new_cache(batch["text"], batch["text_mask"], robot_history=True)
+    seen = []
+    forward = WorldActionModel.forward
+    monkeypatch.setattr(WorldActionModel, "forward", lambda self, *a, **kw: seen.append(
+        kw["drop_robot_history"]) or forward(self, *a, **kw))
+    big = clip(B=64, T=T, robot=True)
+    with_h.train().loss(big)
+    with_h.eval().loss(big)
+    assert 16 < int(seen[0].sum()) < 48 and seen[1] is None
+    for bad in ({"robot_history_drop": 1.5, **ROBOT}, {"robot_history_drop": 0.5, "robot_history": False, **ROBOT},
+                {"robot_history_drop": 0.5}):
+        with pytest.raises(RepwamError, match="robot_history_drop"):
+            WAMConfig.preset("tiny", **bad)
+
+
 def test_residual_video_target_starts_at_copy_last():
     """video_target="residual": the head predicts the clean latents as a residual over the last clean frame, so a
     fresh model (zero head) imagines copy-last exactly through the Euler steps; with "velocity" it returns its noise."""

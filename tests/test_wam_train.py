@@ -378,6 +378,36 @@ def test_adapt_with_the_last_state_as_anchor_and_a_wider_expert(wam_ckpt, tiny_d
     torch.testing.assert_close(policy._episode["cache"].last_state[0], policy.state_norm(state).float())
 
 
+def test_adapt_with_robot_history_drop_and_the_policy_either_way(wam_ckpt, tiny_dataset, tmp_path):
+    """--robot-history-drop: the adapted model keeps its robot history and the rate; the policy's robot_history
+    setting builds its cache with the executed actions (default) or without them, and refuses what cannot apply."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+
+    with pytest.raises(RepwamError, match="--robot-history-drop .* needs --stage adapt or joint"):
+        WAMTrainConfig(robot_history_drop=0.5)
+    with pytest.raises(RepwamError, match="--robot-history-drop"):
+        WAMTrainConfig(stage="adapt", robot_history=False, robot_history_drop=0.5)
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         robot_history_drop=0.5,
+                         optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3, warmup=1, save_every=2,
+                                           val_items=8))
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    assert WorldActionModel.from_pretrained(ckpt).cfg.robot_history_drop == 0.5
+    ds = LeRobotDataset(tiny_dataset)
+    robot_keys = {}
+    for history in (None, False):
+        policy = load_policy(ckpt, chunk=1, robot_history=history)
+        policy.reset(ds.episode_task(0))
+        for t in range(6):  # one replan: the first chunk's executed actions are appended
+            assert np.isfinite(policy.infer(_episode_obs(ds, 0, t))["actions"]).all()
+        cache = policy._episode["cache"]
+        robot_keys[history] = int(cache.meta.expert.sum())  # state tokens (1 per frame) and robot-action tokens
+    assert cache.next_frame == 2 and robot_keys == {None: 3, False: 2}  # the one executed chunk: in, or left out
+    with pytest.raises(RepwamError, match="robot_history must be true or false"):
+        load_policy(ckpt, robot_history="no")
+
+
 def test_adapt_and_policy_told_the_simulator_state(wam_ckpt, tiny_dataset, tmp_path):
     """state_key=observation.environment_state (the repwam_goal reference): the state token reads the whole
     simulator observation in training (clips, stats floored) and in the policy, which then asks for that key and not

@@ -41,15 +41,16 @@ from repwam.wam.text import TextEncoder
 
 class RepWAMPolicy:
     # what `load_policy(path, **settings)` takes; action_steps / video_steps: Euler steps per chunk (None: the model's);
-    # execute: raw actions run per plan (None: the whole chunk, chunk · temporal_patch)
+    # execute: raw actions run per plan (None: the whole chunk, chunk · temporal_patch); robot_history: the executed
+    # actions enter the history (None: the model's; False for a model trained with robot_history_drop)
     SETTINGS = ("chunk", "execute", "actions_only", "robot_only", "seed", "imagine", "estimator", "action_steps",
-                "video_steps")
+                "video_steps", "robot_history")
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
                  chunk: int | None = None, execute: int | None = None, actions_only: bool = True,
                  robot_only: bool = False, seed: int = 0,
                  imagine: bool = False, estimator: StateEstimator | None = None, action_steps: int | None = None,
-                 video_steps: int | None = None):
+                 video_steps: int | None = None, robot_history: bool | None = None):
         meta = model.checkpoint_meta
         if not model.cfg.robot_action_dim:
             raise RepwamError(f"{meta.get('path')} has no robot-action stream: adapt it first "
@@ -70,6 +71,12 @@ class RepWAMPolicy:
             raise RepwamError(f"execute must be a multiple of {self.per} (the actions of one latent frame) in "
                               f"[{self.per}, {self.k * self.per}] (chunk={self.k} latent frames), got {execute!r}")
         self.m = self.execute // self.per  # latent frames run, observed and appended per plan
+        if robot_history is not None and not isinstance(robot_history, bool):
+            raise RepwamError(f"robot_history must be true or false, got {robot_history!r}")
+        if robot_history and not model.cfg.robot_history:
+            raise RepwamError(f"{meta.get('path')} was trained without the robot history (--no-robot-history): "
+                              "robot_history=true cannot apply")
+        self.robot_history = robot_history
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if model.cfg.state_dim else None
@@ -178,7 +185,7 @@ class RepWAMPolicy:
         if ep["t"] == 0:
             z0 = self._views_to_tokens(ep["stream"].push(image[:, None]))  # (1, V L, d)
             emb, mask = self._text_memo[ep["instruction"]]
-            ep["cache"] = self.model.new_cache(emb[None], mask[None], first=z0)
+            ep["cache"] = self.model.new_cache(emb[None], mask[None], first=z0, robot_history=self.robot_history)
             self.model.append(ep["cache"], z0[:, None], state=None if state is None else state[None, None])
             ep["last_z"] = z0
             ep["history"].append(z0[0])

@@ -27,7 +27,8 @@ input embedding and output head; attention weights are shared at the video width
             with robot_token_per_action, per tokens of one action each instead ((B, (T'-1)·per, A_r), a learned
             position within the frame, the frame's RoPE position and mask rule for all of them); with
             robot_history=False no clean robot tokens: only the noisy ones of the chunk being denoised (past
-            actions reach the model only through the frames, ℓ and states they produced);
+            actions reach the model only through the frames, ℓ and states they produced); robot_history_drop
+            hides them (their keys) from a random share of the training clips, so one model acts with or without;
             with last_state_cond a noisy token also adds Linear_anchor(the state at the last clean frame
             before its chunk), as last_frame_cond does for video (zero-initialised): the current state
             reaches every noisy action directly, not only as one key among the window's
@@ -177,6 +178,9 @@ class WAMConfig:
     # clean robot-action tokens of the past in the sequence; False leaves them out: the model sees past actions only
     # through what they did (frames, ℓ, states), never the executed commands themselves (the copycat shortcut)
     robot_history: bool = True
+    # training only: probability per clip of hiding that history (its keys masked), so the expert also learns to act
+    # without it and inference may run either way (`new_cache(robot_history=...)`); needs robot_history
+    robot_history_drop: float = 0.0
     state_dim: int = 0  # D_s; > 0 adds one clean state token per latent frame to the robot stream
     # training only: each state token's final hidden state -> MLP -> an aux_dim-d privileged target of its frame
     # (train/wam's aux_key: the simulator's object and goal poses), so the action expert has to find them in the
@@ -275,6 +279,11 @@ class WAMConfig:
             raise RepwamError(f"chunk_sizes must be positive integers, got {self.chunk_sizes}")
         if not (0 <= self.video_drop <= 1 and 0 <= self.ell_drop <= 1):
             raise RepwamError(f"video_drop={self.video_drop} and ell_drop={self.ell_drop} must lie in [0, 1]")
+        if not 0 <= self.robot_history_drop <= 1:
+            raise RepwamError(f"robot_history_drop must lie in [0, 1], got {self.robot_history_drop}")
+        if self.robot_history_drop and not (self.robot_action_dim and self.robot_history):
+            raise RepwamError("robot_history_drop hides the executed robot actions of the past at random: it needs "
+                              "the robot stream with robot_history=True")
 
     @property
     def tokens_per_frame(self) -> int:
@@ -909,6 +918,7 @@ class WAMCache:
     last_state: torch.Tensor | None = None  # its state (B, D_s) [state tokens]: the robot anchor of the next chunk
     cfg_scale: float = 1.0
     uncond: "WAMCache | None" = None  # the same history under the null text, for CFG
+    robot_history: bool = True  # the executed robot actions enter the history (config.robot_history)
 
     @property
     def batch_size(self) -> int:
@@ -1287,7 +1297,7 @@ class WorldActionModel(Pretrained, nn.Module):
     def forward(self, z, ell=None, text_emb=None, text_mask=None, *, chunk_size: int, noisy_z, alpha_z,
                 noisy_ell=None, alpha_ell=None, robot=None, noisy_robot=None, alpha_robot=None, state=None,
                 valid=None, drop_video: bool = False, drop_ell: bool = False, drop_text=None,
-                aux: bool = False, first=None) -> dict:
+                aux: bool = False, first=None, drop_robot_history=None) -> dict:
         """One pass over whole clips with clean and noisy copies of every chunk (see the module docstring).
 
         The clean clip: z (B, T', L, d_v), ell (B, T'-1, A), robot (B, T'-1, per, A_r), state (B, T', D_s)
@@ -1295,7 +1305,8 @@ class WorldActionModel(Pretrained, nn.Module):
         (B, T'-1, L, d_v), noisy_ell (B, T'-1, A), noisy_robot (B, T'-1, per, A_r) at flow times alpha_*
         (B, T'-1) (constant within a chunk in training); noisy_ell may be left out with drop_ell.
         valid (B, T') bool; drop_text (B,) bool; first (B, L, d_v) the episode's first latent frame
-        [first_frame_context]. Returns velocities {"video": (B, T'-1, L, d_v) or None
+        [first_frame_context]; drop_robot_history (B,) bool: these clips' clean robot tokens are closed to every
+        query, as if the model had no robot history. Returns velocities {"video": (B, T'-1, L, d_v) or None
         when drop_video, "action": (B, T'-1, A) or None when drop_ell [ℓ stream], "robot": (B, T'-1, per, A_r)
         [robot stream], with aux [aux_dim] "aux": (B, n_clean, aux_dim), the read-out of the clean state tokens
         of frames 0 .. n_clean-1}.
@@ -1343,6 +1354,12 @@ class WorldActionModel(Pretrained, nn.Module):
         alpha = {g: torch.cat(v, 1) for g, v in alpha.items()}
         meta = {g: TokenMeta.cat(v) for g, v in meta.items()}
         valid_g = None if valid is None else {g: valid.bool()[:, meta[g].frame] for g in meta}
+        if drop_robot_history is not None and n_robot_clean and bool(drop_robot_history.any()):
+            if valid_g is None:
+                valid_g = {g: torch.ones(B, len(m), dtype=torch.bool, device=z.device) for g, m in meta.items()}
+            hidden = torch.zeros_like(valid_g[ROBOT])
+            hidden[:, : n_robot_clean * P_r] = drop_robot_history.bool()[:, None]
+            valid_g[ROBOT] = valid_g[ROBOT] & ~hidden
 
         anchors = {}  # noisy frame f of chunk i >= 1: the last frame of chunk i-1
         last = (frame_chunks(T, chunk_size, z.device)[1:] - 1) * chunk_size  # (T'-1,)
@@ -1382,8 +1399,8 @@ class WorldActionModel(Pretrained, nn.Module):
         (the keys of `repwam.wam.data.WAMClips`; others are ignored).
 
         Chunk size, video drop, ℓ drop and text dropout are drawn from torch's global RNG (the drops
-        only in training mode) unless given. Returns scalar tensors: loss, video, action (the ℓ loss)
-        and ell_dropped [ℓ stream], robot [robot stream], aux [aux_dim, given "aux"], chunk_size, video_dropped.
+        only in training mode) unless given; so is the robot history's (robot_history_drop, per clip).
+        Returns scalar tensors: loss, video, action (the ℓ loss) and ell_dropped [ℓ stream], robot [robot stream], aux [aux_dim, given "aux"], chunk_size, video_dropped.
         """
         c = self.cfg
         z = batch["z"]
@@ -1408,6 +1425,9 @@ class WorldActionModel(Pretrained, nn.Module):
         if drop_ell is None:  # robot-only mode: only with robot tokens to denoise
             drop_ell = self.training and c.has(ACTION) and c.has(ROBOT) and bool(torch.rand(()) < c.ell_drop)
         drop_ell = drop_ell or not c.has(ACTION)
+        drop_history = None
+        if self.training and c.robot_history_drop > 0:
+            drop_history = torch.rand(B, device=dev) < c.robot_history_drop
 
         chunk = frame_chunks(T, chunk_size, dev)[1:] - 1  # noisy frame -> noisy chunk index
         n_chunks = int(chunk[-1]) + 1 if T > 1 else 0
@@ -1425,7 +1445,7 @@ class WorldActionModel(Pretrained, nn.Module):
         pred = self(z, ell, batch.get("text"), batch.get("text_mask"), chunk_size=chunk_size, noisy_z=x_z,
                     alpha_z=a_z, noisy_ell=x_ell, alpha_ell=a_ell, robot=robot, noisy_robot=x_r, alpha_robot=a_r,
                     state=state, valid=valid, drop_video=drop_video, drop_ell=drop_ell, drop_text=drop_text,
-                    aux=batch.get("aux") is not None, first=batch.get("first"))
+                    aux=batch.get("aux") is not None, first=batch.get("first"), drop_robot_history=drop_history)
         w = (valid[:, 1:] & valid[:, :-1]).float()  # (B, T'-1): both ends of the transition are real
         denom = w.sum().clamp(min=1)
 
@@ -1459,20 +1479,27 @@ class WorldActionModel(Pretrained, nn.Module):
 
     @torch.no_grad()
     def new_cache(self, text_emb=None, text_mask=None, *, batch_size: int | None = None,
-                  cfg_scale: float | None = None, first=None) -> WAMCache:
+                  cfg_scale: float | None = None, first=None, robot_history: bool | None = None) -> WAMCache:
         """An empty history for a batch of episodes. text_emb (B, N_text, D_text) or None (null text);
         first (B, L, d_v) the episode's first latent frame [first_frame_context: required].
 
         cfg_scale (default config.cfg_scale) != 1 keeps a second history under the null text.
+        robot_history (default config.robot_history): the executed robot actions appended enter the history;
+        False leaves them out (what a model trained with robot_history_drop also learned to act from).
         """
+        robot_history = self.cfg.robot_history if robot_history is None else bool(robot_history)
+        if robot_history and not self.cfg.robot_history:
+            raise RepwamError("this model was trained without the robot history (robot_history=False): it cannot "
+                              "read one")
         if text_emb is not None:
             batch_size = text_emb.shape[0]
         text = self.text_context(text_emb, text_mask, batch_size=batch_size, first=first)
         cfg_scale = self.cfg.cfg_scale if cfg_scale is None else float(cfg_scale)
         cache = WAMCache(text=text, text_kv=[blk.cross.text_kv(text.emb) for blk in self.blocks],
-                         kv=[None] * len(self.blocks), cfg_scale=cfg_scale)
+                         kv=[None] * len(self.blocks), cfg_scale=cfg_scale, robot_history=robot_history)
         if cfg_scale != 1.0:
-            cache.uncond = self.new_cache(None, batch_size=text.emb.shape[0], cfg_scale=1.0, first=first)
+            cache.uncond = self.new_cache(None, batch_size=text.emb.shape[0], cfg_scale=1.0, first=first,
+                                          robot_history=robot_history)
         return cache
 
     @torch.no_grad()
@@ -1530,7 +1557,7 @@ class WorldActionModel(Pretrained, nn.Module):
         frames = torch.arange(cache.next_frame, cache.next_frame + n, device=dev)
         chunk = torch.full_like(frames, cache.next_chunk)
         feats = {VIDEO: self.patchify(z_frames), ACTION: ell,
-                 ROBOT: None if robot is None or not self.cfg.robot_history else self.flatten_robot(robot),
+                 ROBOT: None if robot is None or not cache.robot_history else self.flatten_robot(robot),
                  STATE: state}
         feats = {g: f for g, f in feats.items() if f is not None and f.shape[1] > 0}
         meta = {}

@@ -1400,7 +1400,8 @@ class WorldActionModel(Pretrained, nn.Module):
 
         Chunk size, video drop, ℓ drop and text dropout are drawn from torch's global RNG (the drops
         only in training mode) unless given; so is the robot history's (robot_history_drop, per clip).
-        Returns scalar tensors: loss, video, action (the ℓ loss) and ell_dropped [ℓ stream], robot [robot stream], aux [aux_dim, given "aux"], chunk_size, video_dropped.
+        Returns scalar tensors: loss, video, action (the ℓ loss) and ell_dropped [ℓ stream], robot [robot stream],
+        aux [aux_dim, given "aux"], chunk_size, video_dropped.
         """
         c = self.cfg
         z = batch["z"]

@@ -333,8 +333,8 @@ SETTING_HELP = ("a policy inference setting, KEY=VALUE, repeatable: RepWAM chunk
                 "chunk·4: plan further ahead than run), actions_only=false, action_steps=N / video_steps=N (Euler "
                 "steps per chunk), robot_history=false (leave the executed actions out of the history: for a "
                 "model trained with --robot-history-drop); plain execute=4 (actions run per plan); either, "
-                "trained with a state estimator: estimator=DIR (another estimator of the same state in its place, e.g. refitted on the policy's own "
-                "rollouts)")
+                "trained with a state estimator: estimator=DIR (another estimator of the same state in its "
+                "place, e.g. refitted on the policy's own rollouts)")
 
 
 @eval_app.command("policy")

@@ -8,6 +8,7 @@ validation robot-action loss of its last checkpoint as in training (chunk size 2
 with the *clean* robot actions of the history taken from another clip of the batch (rolled by one), the noisy actions
 to denoise unchanged. A model that predicts its next actions from the observations barely moves; one that continues
 the executed actions gets worse. The ratio is the reliance; a model trained with --no-robot-history has none (1.0).
+With a history, also the loss with it hidden (its keys closed): in distribution only for --robot-history-drop.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ def reliance(run: Path, items: int) -> dict:
     model = WorldActionModel.from_pretrained(run / "checkpoints" / "last").eval()
     forward = model.forward
     out = {}
-    for name, swap in (("as_trained", False), ("history_from_another_clip", True)):
-        def patched(*a, **kw):
-            if swap and kw.get("robot") is not None:
+    modes = ["as_trained", "history_from_another_clip"] + (["history_hidden"] if model.cfg.robot_history else [])
+    for name in modes:
+        def patched(*a, name=name, **kw):
+            if name == "history_from_another_clip" and kw.get("robot") is not None:
                 kw["robot"] = kw["robot"].roll(1, 0)  # the clean history only: the noisy actions are kw["noisy_robot"]
+            if name == "history_hidden":  # its keys closed, as --robot-history-drop trains and robot_history=false runs
+                kw["drop_robot_history"] = torch.ones(kw["noisy_robot"].shape[0], dtype=torch.bool)
             return forward(*a, **kw)
 
         model.forward = patched
@@ -58,7 +62,7 @@ def main() -> None:
     for run in args.runs:
         result[str(run)] = r = reliance(run, args.items)
         print(f"{run}: robot loss {r['as_trained']} -> {r['history_from_another_clip']} with another clip's "
-              f"executed actions (x{r['ratio']})")
+              f"executed actions (x{r['ratio']}), {r.get('history_hidden', '-')} with the history hidden")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

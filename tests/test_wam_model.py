@@ -716,6 +716,31 @@ def test_robot_history_drop_is_the_no_history_model_per_clip(monkeypatch):
             WAMConfig.preset("tiny", **bad)
 
 
+def test_future_frames_given_trains_on_the_clean_future(monkeypatch):
+    """future_frames_given: in training, a drawn share of the clips get their clean future frames as the noisy ones
+    (flow time 1) and no video loss; evaluation and p = 0 never do; bad values are refused."""
+    T = 5
+    seen = []
+    forward = WorldActionModel.forward
+    monkeypatch.setattr(WorldActionModel, "forward", lambda self, *a, **kw: seen.append(kw) or forward(self, *a, **kw))
+    batch = clip(B=64, T=T, robot=True)
+    model = scrambled(future_frames_given=1.0, **ROBOT).train()
+    out = model.loss(batch, drop_video=False)
+    kw = seen[-1]
+    assert torch.equal(kw["noisy_z"], batch["z"][:, 1:]) and bool((kw["alpha_z"] == 1).all())
+    assert float(out["video"]) == 0.0 and float(out["robot"]) > 0  # the answer was given: nothing to learn there
+    model.cfg.future_frames_given = 0.5
+    model.loss(batch, drop_video=False)
+    given = (seen[-1]["alpha_z"] == 1).all(1)
+    assert 16 < int(given.sum()) < 48
+    assert torch.equal(seen[-1]["noisy_z"][given], batch["z"][:, 1:][given])
+    model.eval().loss(batch, drop_video=False)
+    assert not bool((seen[-1]["alpha_z"] == 1).all(1).any())
+    for bad in ({"future_frames_given": -0.1, **ROBOT}, {"future_frames_given": 0.5}):
+        with pytest.raises(RepwamError, match="future_frames_given"):
+            WAMConfig.preset("tiny", **bad)
+
+
 def test_residual_video_target_starts_at_copy_last():
     """video_target="residual": the head predicts the clean latents as a residual over the last clean frame, so a
     fresh model (zero head) imagines copy-last exactly through the Euler steps; with "velocity" it returns its noise."""

@@ -380,7 +380,8 @@ def test_adapt_with_the_last_state_as_anchor_and_a_wider_expert(wam_ckpt, tiny_d
 
 def test_adapt_with_robot_history_drop_and_the_policy_either_way(wam_ckpt, tiny_dataset, tmp_path):
     """--robot-history-drop: the adapted model keeps its robot history and the rate; the policy's robot_history
-    setting builds its cache with the executed actions (default) or without them, and refuses what cannot apply."""
+    setting builds its cache with the executed actions (default) or without them, and refuses what cannot apply.
+    --future-frames-given is kept in the adapted model's config."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
 
@@ -388,12 +389,15 @@ def test_adapt_with_robot_history_drop_and_the_policy_either_way(wam_ckpt, tiny_
         WAMTrainConfig(robot_history_drop=0.5)
     with pytest.raises(RepwamError, match="--robot-history-drop"):
         WAMTrainConfig(stage="adapt", robot_history=False, robot_history_drop=0.5)
+    with pytest.raises(RepwamError, match="--future-frames-given .* needs --stage adapt or joint"):
+        WAMTrainConfig(future_frames_given=0.5)
     cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
-                         robot_history_drop=0.5,
+                         robot_history_drop=0.5, future_frames_given=0.5,
                          optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3, warmup=1, save_every=2,
                                            val_items=8))
     ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
-    assert WorldActionModel.from_pretrained(ckpt).cfg.robot_history_drop == 0.5
+    adapted = WorldActionModel.from_pretrained(ckpt).cfg
+    assert adapted.robot_history_drop == 0.5 and adapted.future_frames_given == 0.5
     ds = LeRobotDataset(tiny_dataset)
     robot_keys = {}
     for history in (None, False):

@@ -67,6 +67,9 @@ class WAMTrainConfig:
     # adapt / joint: hide that history from this share of the training clips (WAMConfig.robot_history_drop): the
     # expert learns to act with and without it, and the policy's robot_history setting picks one at inference
     robot_history_drop: float = 0.0
+    # adapt / joint: give this share of the training clips their future frames clean (WAMConfig.future_frames_given):
+    # the expert learns to act from the future the policy imagines first (evaluate with --setting actions_only=false)
+    future_frames_given: float = 0.0
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -106,6 +109,9 @@ class WAMTrainConfig:
         if self.robot_history_drop and not (self.robot and self.robot_history):
             raise RepwamError("--robot-history-drop hides the executed actions of the past at random: it needs "
                               "--stage adapt or joint, with the robot history")
+        if self.future_frames_given and not self.robot:
+            raise RepwamError("--future-frames-given teaches the action expert to read the future frames: it needs "
+                              "--stage adapt or joint")
         if self.robot_token_per_action and not self.robot:
             raise RepwamError("robot_token_per_action lays out the action expert's tokens: it needs --stage adapt or "
                               "joint")
@@ -181,7 +187,7 @@ class WAMStage(Stage):
                          aux_dim=len(self.train_set.aux_norm.mean) if cfg.aux_key else 0,
                          aux_loss_weight=cfg.aux_weight, last_state_cond=cfg.last_state_cond,
                          robot_token_per_action=cfg.robot_token_per_action, robot_history=cfg.robot_history,
-                         robot_history_drop=cfg.robot_history_drop)
+                         robot_history_drop=cfg.robot_history_drop, future_frames_given=cfg.future_frames_given)
             if cfg.robot_width:  # the streams of the model adapted (or built), with the robot stream's width
                 base = (WAMConfig.from_dict(WorldActionModel.read_checkpoint_config(cfg.init)["wam"])
                         if cfg.stage == "adapt" else WAMConfig.preset(cfg.preset))

@@ -90,7 +90,9 @@ Objective (`loss`): rectified flow, x_a = (1-a)·eps + a·u, velocity target u -
 chunks given clean history: video_loss_weight · video + ell_loss_weight · ℓ + robot_loss_weight ·
 robot, padded frames masked out, fp32. Chunk size k is drawn from `chunk_sizes` per batch; with
 probability `video_drop` the noisy video tokens are left out (actions-only mode) and, when the robot
-stream exists, independently with probability `ell_drop` the noisy ℓ tokens (both: robot-only mode).
+stream exists, independently with probability `ell_drop` the noisy ℓ tokens (both: robot-only mode); with
+`future_frames_given` a clip's noisy frames are its clean future instead (flow time 1, no video loss), so the
+action expert learns to act from the frames phase 1 of the sampler imagines (inverse dynamics).
 
 Inference (`new_cache` / `append` / `sample_chunk`): the clean history's self-attention keys and
 values of every block live in a KV cache; an observed or generated chunk is appended once. A chunk
@@ -216,6 +218,10 @@ class WAMConfig:
     aux_loss_weight: float = 1.0  # the state tokens' read-out (aux_dim)
     video_drop: float = 0.25  # probability per batch of leaving the noisy video tokens out
     ell_drop: float = 0.25  # with the robot stream: probability per batch of leaving the noisy ℓ tokens out
+    # with the robot stream: probability per clip that the chunk's frames are given clean (flow time 1, no video loss),
+    # so the action expert learns to act from the future the sampler's first phase imagines (inverse dynamics); the
+    # policy then samples with actions_only=false
+    future_frames_given: float = 0.0
     text_dropout: float = 0.1  # probability per sample of the null text (classifier-free guidance)
     # inference defaults
     chunk_size: int = 2
@@ -279,6 +285,11 @@ class WAMConfig:
             raise RepwamError(f"chunk_sizes must be positive integers, got {self.chunk_sizes}")
         if not (0 <= self.video_drop <= 1 and 0 <= self.ell_drop <= 1):
             raise RepwamError(f"video_drop={self.video_drop} and ell_drop={self.ell_drop} must lie in [0, 1]")
+        if not 0 <= self.future_frames_given <= 1:
+            raise RepwamError(f"future_frames_given must lie in [0, 1], got {self.future_frames_given}")
+        if self.future_frames_given and not self.robot_action_dim:
+            raise RepwamError("future_frames_given teaches the action expert to read the future frames: it needs the "
+                              "robot stream (robot_action_dim > 0)")
         if not 0 <= self.robot_history_drop <= 1:
             raise RepwamError(f"robot_history_drop must lie in [0, 1], got {self.robot_history_drop}")
         if self.robot_history_drop and not (self.robot_action_dim and self.robot_history):
@@ -1399,7 +1410,8 @@ class WorldActionModel(Pretrained, nn.Module):
         (the keys of `repwam.wam.data.WAMClips`; others are ignored).
 
         Chunk size, video drop, ℓ drop and text dropout are drawn from torch's global RNG (the drops
-        only in training mode) unless given; so is the robot history's (robot_history_drop, per clip).
+        only in training mode) unless given; so are the robot history's (robot_history_drop, per clip) and the
+        clips whose future frames are given clean (future_frames_given).
         Returns scalar tensors: loss, video, action (the ℓ loss) and ell_dropped [ℓ stream], robot [robot stream],
         aux [aux_dim, given "aux"], chunk_size, video_dropped.
         """
@@ -1441,20 +1453,25 @@ class WorldActionModel(Pretrained, nn.Module):
             return ((1 - a_) * eps + a_ * u).to(x.dtype), a, u - eps
 
         x_z, a_z, v_z = noised(z[:, 1:])
+        w = (valid[:, 1:] & valid[:, :-1]).float()  # (B, T'-1): both ends of the transition are real
+        w_video = w
+        if self.training and c.future_frames_given > 0 and not drop_video:  # these clips' future frames given clean
+            given = torch.rand(B, device=dev) < c.future_frames_given  # (B,)
+            a_z = torch.where(given[:, None], torch.ones_like(a_z), a_z)
+            x_z = torch.where(given.view(B, *[1] * (x_z.ndim - 1)), z[:, 1:], x_z)
+            w_video = w * (~given).float()[:, None]  # no video loss where the answer was given
         x_ell, a_ell, v_ell = noised(ell) if c.has(ACTION) else (None, None, None)
         x_r, a_r, v_r = noised(robot) if c.has(ROBOT) else (None, None, None)
         pred = self(z, ell, batch.get("text"), batch.get("text_mask"), chunk_size=chunk_size, noisy_z=x_z,
                     alpha_z=a_z, noisy_ell=x_ell, alpha_ell=a_ell, robot=robot, noisy_robot=x_r, alpha_robot=a_r,
                     state=state, valid=valid, drop_video=drop_video, drop_ell=drop_ell, drop_text=drop_text,
                     aux=batch.get("aux") is not None, first=batch.get("first"), drop_robot_history=drop_history)
-        w = (valid[:, 1:] & valid[:, :-1]).float()  # (B, T'-1): both ends of the transition are real
-        denom = w.sum().clamp(min=1)
 
-        def mse(p, target):  # mean over everything but (B, T'-1), then over the real transitions
-            return (((p.float() - target) ** 2).flatten(2).mean(-1) * w).sum() / denom
+        def mse(p, target, w=w):  # mean over everything but (B, T'-1), then over the real transitions
+            return (((p.float() - target) ** 2).flatten(2).mean(-1) * w).sum() / w.sum().clamp(min=1)
 
         zero = w.new_zeros(())
-        out = {"video": zero if drop_video else mse(pred[VIDEO], v_z)}
+        out = {"video": zero if drop_video else mse(pred[VIDEO], v_z, w_video)}
         total = c.video_loss_weight * out["video"]
         if c.has(ACTION):
             out["action"] = zero if drop_ell else mse(pred[ACTION], v_ell)

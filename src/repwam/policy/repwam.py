@@ -73,10 +73,7 @@ class RepWAMPolicy:
         self.m = self.execute // self.per  # latent frames run, observed and appended per plan
         if robot_history is not None and not isinstance(robot_history, bool):
             raise RepwamError(f"robot_history must be true or false, got {robot_history!r}")
-        if robot_history and not model.cfg.robot_history:
-            raise RepwamError(f"{meta.get('path')} was trained without the robot history (--no-robot-history): "
-                              "robot_history=true cannot apply")
-        self.robot_history = robot_history
+        self.robot_history = model.robot_history_setting(robot_history)  # refused here, at load, if it cannot apply
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if model.cfg.state_dim else None

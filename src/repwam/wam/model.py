@@ -1495,6 +1495,14 @@ class WorldActionModel(Pretrained, nn.Module):
 
     # ---- sampling with a KV cache ----
 
+    def robot_history_setting(self, robot_history: bool | None) -> bool:
+        """Whether a history reads the executed robot actions: None is the config's; True needs a model trained
+        with them (robot_history=True)."""
+        if robot_history and not self.cfg.robot_history:
+            raise RepwamError("this model was trained without the robot history (robot_history=False, "
+                              "--no-robot-history): it cannot read one")
+        return self.cfg.robot_history if robot_history is None else bool(robot_history)
+
     @torch.no_grad()
     def new_cache(self, text_emb=None, text_mask=None, *, batch_size: int | None = None,
                   cfg_scale: float | None = None, first=None, robot_history: bool | None = None) -> WAMCache:
@@ -1505,10 +1513,7 @@ class WorldActionModel(Pretrained, nn.Module):
         robot_history (default config.robot_history): the executed robot actions appended enter the history;
         False leaves them out (what a model trained with robot_history_drop also learned to act from).
         """
-        robot_history = self.cfg.robot_history if robot_history is None else bool(robot_history)
-        if robot_history and not self.cfg.robot_history:
-            raise RepwamError("this model was trained without the robot history (robot_history=False): it cannot "
-                              "read one")
+        robot_history = self.robot_history_setting(robot_history)
         if text_emb is not None:
             batch_size = text_emb.shape[0]
         text = self.text_context(text_emb, text_mask, batch_size=batch_size, first=first)

@@ -18,3 +18,4 @@ for s in 3000 4500; do
     --episodes 20 --seed 0 --workers 1 --videos 0 --out outputs/hard100/eval_snap/wam_repwam_s0_$s
 done
 python benchmarks/val_losses.py outputs/hard100/runs/wam_repwam_s0 outputs/hard100p/runs/plain_plain_s0
+python benchmarks/where_episodes_end.py benchmarks/results/hard_tasks_100demos/eval/* --out benchmarks/results/hard_tasks_100demos/where_episodes_end.json

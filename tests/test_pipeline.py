@@ -175,6 +175,17 @@ def test_tok_args_reach_every_tokenizer_and_another_value_under_the_same_out_is_
                                             [0]).jobs["train-tok_default"].args
 
 
+def test_wam_args_reach_pretraining_and_joint_not_adaptation_and_another_value_is_refused(tmp_path):
+    cfg = PipelineConfig(tasks="reach-v3", tok_args="--patch-size 4", wam_args="--patch-size 4")
+    jobs = ablation(tmp_path, cfg, ["repwam", "joint"], [0]).jobs
+    for name in ("train-wampre_repwam_s0", "train-wam_joint_s0"):
+        args = jobs[name].args
+        assert args[args.index("--patch-size") + 1] == "4"
+    assert "--patch-size" not in jobs["train-wam_repwam_s0"].args  # adaptation keeps the pretrained model's
+    with pytest.raises(RepwamError, match=r"wam_args='--patch-size 4'; this asks for wam_args='': use another --out"):
+        ablation(tmp_path, PipelineConfig(tasks="reach-v3", tok_args="--patch-size 4"), ["repwam"], [0])
+
+
 def test_estimator_layouts_feed_the_estimator_only_and_another_value_is_refused(tmp_path):
     cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, estimator_layouts_per_task=40)
     jobs = ablation(tmp_path, cfg, ["repwam", "repwam_est"], [0]).jobs

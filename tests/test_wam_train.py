@@ -546,3 +546,29 @@ def test_adapt_and_policy_on_estimated_state(wam_ckpt, tiny_dataset, tmp_path):
     wide.reset(ds.episode_task(0))
     assert np.isfinite(wide.infer({**obs, top: obs[cam][::-1].copy()})["actions"]).all()
     assert seen == [(1, 2, 3, 64, 64)]
+
+
+def test_a_finer_latent_grid_runs_through_the_chain_at_the_same_video_tokens(tiny_dataset, tmp_path):
+    """--patch-size 4 on the tokenizer (a 16x16 grid at 64 px) and on the WAM (4x4 latent patches): the LAT and the
+    WAM train on its latents, and the WAM sees 16 video tokens per frame, as the default 8x8 grid with patch 2."""
+    from repwam.train.lat import LATTrainConfig, train_lat
+    from repwam.train.tokenizer import TokenizerTrainConfig, train_tokenizer
+    from repwam.train.wam import WAMStage
+
+    with pytest.raises(RepwamError, match="patch_size is a setting of the ViT tokenizer"):
+        TokenizerTrainConfig(arch="vae", patch_size=4)
+    tok = train_tokenizer(TokenizerTrainConfig(
+        teacher="none", align_weight=0.0, perceptual_weight=0.0, patch_size=4, num_frames=5, clip_lengths=(5,),
+        attn_window=2, val_fraction=0.34, optim=OptimConfig(steps=1, batch_size=2, save_every=1, log_every=1,
+                                                            image_every=1, warmup=1, val_items=2)),
+        [tiny_dataset], tmp_path / "tok", progress=False)
+    lat = train_lat(LATTrainConfig(tokenizer=str(tok), val_fraction=0.34, optim=OptimConfig(
+        steps=1, batch_size=4, save_every=1, log_every=1, warmup=1, val_items=4)), [tiny_dataset], tmp_path / "lat",
+        progress=False)
+    ckpt = train_wam(small(tok, lat, steps=1, patch_size=4), [tiny_dataset], tmp_path / "wam", progress=False)
+    cfg = WorldActionModel.from_pretrained(ckpt).cfg
+    assert (cfg.latent_grid, cfg.patch_size, cfg.tokens_per_frame) == ((16, 16), 4, 256)
+    assert cfg.latent_grid[0] * cfg.latent_grid[1] // cfg.patch_size**2 == 16  # video tokens per frame
+    with pytest.raises(RepwamError, match="adapt keeps --init's"):
+        WAMStage(WAMTrainConfig(stage="adapt", init=str(ckpt), tokenizer=str(tok), lat=str(lat), patch_size=4,
+                                clip_frames=4, attn_window=3, val_fraction=0.34), [tiny_dataset], progress=False)

@@ -112,6 +112,10 @@ class PipelineConfig:
     # after the row's recipe and override it (an --align-weight would undo the recon row's 0). A run under --out
     # records them (pipeline.json) and another value there is refused (its tokenizers are trained)
     tok_args: str = ""
+    # more `repwam train wam` options for every WAM the chain builds (pretraining and the joint row; adaptation keeps
+    # the pretrained model's), e.g. "--patch-size 4" beside tok_args "--patch-size 4" (a 16x16 grid, 16 video tokens
+    # per frame as the default 8x8 with 2). Recorded like tok_args
+    wam_args: str = ""
     # > 0: the repwam_est row's state estimator is fitted on the demonstrations and on this many more episodes per
     # task generated with another base seed (`repwam data generate --seed 1`: layouts that are neither the
     # demonstrations' nor evaluation's), their simulator state read as labels and their actions never; only the
@@ -264,7 +268,8 @@ class Pipeline:
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
         if row == "joint":
-            run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps, ["--recipe", "joint", *models],
+            run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps,
+                             ["--recipe", "joint", *models, *shlex.split(c.wam_args)],
                              [lat, self.dataset()], seed, share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []
@@ -278,7 +283,8 @@ class Pipeline:
             goal = ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
         shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
-        pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell], [lat], seed, data=self.video)
+        pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell, *shlex.split(c.wam_args)], [lat], seed,
+                         data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
                            ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first,
                             *goal],
@@ -487,7 +493,8 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     p = Pipeline(out, cfg)
     f = p.out / "pipeline.json"
     was = json.loads(f.read_text())["config"] if f.exists() else {}
-    for key, what in (("tok_args", "tokenizers trained"), ("estimator_layouts_per_task", "a state estimator fitted"),
+    for key, what in (("tok_args", "tokenizers trained"), ("wam_args", "world action models pretrained"),
+                      ("estimator_layouts_per_task", "a state estimator fitted"),
                       ("estimator_cameras", "a state estimator fitted"),
                       ("estimator_targets", "a state estimator fitted")):
         if f.exists() and was.get(key, PipelineConfig.__dataclass_fields__[key].default) != getattr(cfg, key):

@@ -42,6 +42,9 @@ class TokenizerTrainConfig:
     clip_lengths: tuple[int, ...] = (5, 9, 13, 17)  # each batch takes one of these (all <= num_frames)
     attn_window: int | None = 3  # latent frames each latent frame attends to (itself included); encoding uses it too
     conv_stem: int | None = None  # vit: stride-2 convs before the patch projection (None: the preset's)
+    # vit: the spatial patch side, which sets the latent grid (None: the preset's; tiny: 8, an 8x8 grid at 64 px;
+    # 4 gives 16x16, each token a quarter of the pixels)
+    patch_size: int | None = None
     frame_stride: int = 1
     # the views it learns, each clip one camera, every view with the same weights (None: every camera of the data)
     cameras: tuple[str, ...] | None = None
@@ -59,6 +62,8 @@ class TokenizerTrainConfig:
             raise RepwamError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.arch == "vae" and self.conv_stem:
             raise RepwamError("conv_stem is a setting of the ViT tokenizer (arch vit); the VAE is convolutional")
+        if self.arch != "vit" and self.patch_size is not None:
+            raise RepwamError(f"patch_size is a setting of the ViT tokenizer (arch vit), not of arch {self.arch!r}")
         self.clip_lengths = tuple(int(t) for t in (self.clip_lengths or (self.num_frames,)))
         if max(self.clip_lengths) > self.num_frames:
             raise RepwamError(f"clip_lengths {self.clip_lengths} must not exceed num_frames={self.num_frames}")
@@ -78,8 +83,9 @@ def build_tokenizer(cfg: TokenizerTrainConfig):
 
         return FrozenTeacherTokenizer(FrozenTeacherConfig.preset(
             cfg.preset, teacher=cfg.teacher, teacher_layer=cfg.teacher_layer, teacher_input_size=cfg.teacher_input_size))
-    stem = {} if cfg.conv_stem is None else {"conv_stem": cfg.conv_stem}
-    return RepViTok(TokenizerConfig.preset(cfg.preset, attn_window=cfg.attn_window, **stem))
+    given = {"conv_stem": cfg.conv_stem, "patch_size": cfg.patch_size}
+    return RepViTok(TokenizerConfig.preset(cfg.preset, attn_window=cfg.attn_window,
+                                           **{k: v for k, v in given.items() if v is not None}))
 
 
 class TokenizerStage(Stage):

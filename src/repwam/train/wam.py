@@ -39,6 +39,10 @@ class WAMTrainConfig:
     lat: str = ""  # the LAT checkpoint (its ℓ labels), trained on that tokenizer's latents
     init: str | None = None  # adapt: the pretrained WAM checkpoint to start from
     preset: str = "tiny"
+    # pretrain / joint: the DiT patchify of the latent grid (None: the preset's 2); a finer tokenizer grid with a
+    # larger patch keeps the video tokens per frame (16x16 latents with 4: 16 tokens, as 8x8 with 2). Adapt keeps
+    # the pretrained model's
+    patch_size: int | None = None
     use_latent_actions: bool = True  # False: no ℓ stream at all (the "no latent actions" variant)
     use_state: bool = True  # adapt / joint: the proprioceptive state enters as a token per latent frame (as π0)
     # what the state token reads: the robot's state, or ENV_STATE_KEY (the whole simulator observation: object and
@@ -179,6 +183,10 @@ class WAMStage(Stage):
         overrides = dict(latent_grid=tuple(grid), latent_dim=d, action_dim=len(self.train_set.ell_norm.mean),
                          text_dim=encoder.dim, attn_window=cfg.attn_window, use_latent_actions=cfg.use_latent_actions,
                          attn_backend=cfg.attn_backend, first_frame_context=cfg.first_frame_context)
+        if cfg.patch_size is not None:
+            if cfg.stage == "adapt":
+                raise RepwamError("--patch-size is set when the WAM is built (pretrain, joint); adapt keeps --init's")
+            overrides["patch_size"] = cfg.patch_size
         robot = {}
         if cfg.robot:
             a_dim = len(self.train_set.action_norm.mean)

@@ -87,6 +87,8 @@ class WAMTrainConfig:
     def __post_init__(self):
         if self.stage not in STAGES:
             raise RepwamError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.patch_size is not None and self.stage == "adapt":
+            raise RepwamError("--patch-size is set when the WAM is built (pretrain, joint); adapt keeps --init's")
         if self.aux_key not in (None, ENV_STATE_KEY):
             raise RepwamError(f"aux_key must be {ENV_STATE_KEY!r} or unset, got {self.aux_key!r}")
         if self.aux_key is not None and not (self.robot and self.use_state):
@@ -184,8 +186,6 @@ class WAMStage(Stage):
                          text_dim=encoder.dim, attn_window=cfg.attn_window, use_latent_actions=cfg.use_latent_actions,
                          attn_backend=cfg.attn_backend, first_frame_context=cfg.first_frame_context)
         if cfg.patch_size is not None:
-            if cfg.stage == "adapt":
-                raise RepwamError("--patch-size is set when the WAM is built (pretrain, joint); adapt keeps --init's")
             overrides["patch_size"] = cfg.patch_size
         robot = {}
         if cfg.robot:

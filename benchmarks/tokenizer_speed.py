@@ -9,6 +9,7 @@ give MFU.
 
     python benchmarks/tokenizer_speed.py [--preset tiny] [--batch 16] [--steps 6] [--peak-tflops P]
     python benchmarks/tokenizer_speed.py --device cuda --preset small --batch 64     # MFU against 989 (H100 SXM)
+    python benchmarks/tokenizer_speed.py --patch-size 4 --rows 1 --out F.json        # a 16x16 grid, first row only
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ from repwam.tokenizer.losses import AlignHead, TokenizerLoss
 from repwam.tokenizer.model import RepViTok, TokenizerConfig
 
 
+def config(preset: str, patch_size: int | None) -> TokenizerConfig:
+    return TokenizerConfig.preset(preset, **({} if patch_size is None else {"patch_size": patch_size}))
+
+
 def step_time(preset: str, batch: int, num_frames: int, bf16: bool, perceptual: float, threads: int, steps: int,
-              device: str = "cpu") -> float:
+              device: str = "cpu", patch_size: int | None = None) -> float:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = RepViTok(TokenizerConfig.preset(preset)).train().to(dev)
+    model = RepViTok(config(preset, patch_size)).train().to(dev)
     head = AlignHead(model.cfg.latent_dim, 112).to(dev)
     loss_fn = TokenizerLoss(perceptual=perceptual, align=1.0, perceptual_frames=1).to(dev)
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-4)
@@ -54,9 +59,9 @@ def step_time(preset: str, batch: int, num_frames: int, bf16: bool, perceptual: 
     return sorted(times)[len(times) // 2]
 
 
-def model_flops_per_clip(preset: str, num_frames: int) -> float:
+def model_flops_per_clip(preset: str, num_frames: int, patch_size: int | None = None) -> float:
     """Model FLOPs of one training step's forward + backward on one clip (see the module docstring)."""
-    cfg = TokenizerConfig.preset(preset)
+    cfg = config(preset, patch_size)
     with torch.device("meta"):
         model = RepViTok(cfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -75,6 +80,8 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="bf16 dense peak of the device, for MFU (CUDA default: 989, H100 SXM)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    ap.add_argument("--patch-size", type=int, default=None, help="the preset's spatial patch (sets the latent grid)")
+    ap.add_argument("--rows", type=int, default=None, help="time only the first N rows of the grid")
     ap.add_argument("--out", default="benchmarks/results/tokenizer_speed.json")
     args = ap.parse_args()
     cuda = args.device.startswith("cuda")
@@ -85,14 +92,16 @@ def main():
             (5, False, 1.0, 1), (5, True, 1.0, 1), (9, True, 1.0, 1), (13, True, 1.0, 1)]
     if cuda:  # CPU threads do not matter there
         grid = [g for g in grid if g[3] == 1]
+    grid = grid[:args.rows]
     for T, bf16, perc, threads in grid:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
-        sec = step_time(args.preset, args.batch, T, bf16, perc, threads, args.steps, args.device)
-        row = {"preset": args.preset, "batch": args.batch, "num_frames": T, "bf16": bf16, "perceptual": perc > 0,
+        sec = step_time(args.preset, args.batch, T, bf16, perc, threads, args.steps, args.device, args.patch_size)
+        row = {"preset": args.preset, "patch_size": config(args.preset, args.patch_size).patch_size,
+               "batch": args.batch, "num_frames": T, "bf16": bf16, "perceptual": perc > 0,
                "threads": threads, "s_per_step": round(sec, 3), "frames_per_s": round(args.batch * T / sec, 1),
                "samples_per_s": round(args.batch / sec, 2)}
-        tflops = args.batch * model_flops_per_clip(args.preset, T) / sec / 1e12
+        tflops = args.batch * model_flops_per_clip(args.preset, T, args.patch_size) / sec / 1e12
         row["achieved_tflops"] = round(tflops, 4)
         row["mfu"] = round(tflops / args.peak_tflops, 4) if args.peak_tflops and bf16 else None
         if cuda:

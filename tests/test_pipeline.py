@@ -74,7 +74,7 @@ def test_a_multi_core_job_takes_the_free_cores(tmp_path):
     cores = {}
     p, order = fake_pipeline(tmp_path / "x", graph=(("a", []), ("b", ["a"], 2), ("c", ["a"])), cores=cores)
     p.run(progress=False)
-    assert order == ["a", "b", "c"] and cores == {"a": 1, "b": 2, "c": 1}
+    assert order == ["a", "b", "c"] and cores == {"a": 2, "b": 2, "c": 2}  # a and c: the only job left to run
     cores = {}
     p, order = fake_pipeline(tmp_path / "y", graph=(("a", []), ("c", ["a"]), ("b", ["a"], 2)), cores=cores)
     p.run(progress=False)
@@ -82,6 +82,46 @@ def test_a_multi_core_job_takes_the_free_cores(tmp_path):
     ev = demo(tmp_path / "demo", DEMO).jobs["eval-wam_repwam_s0"]
     cmd = Pipeline(tmp_path / "demo", DEMO)._command(ev, 2)
     assert ev.max_cores == DEMO.eval_workers and cmd[cmd.index("--workers") + 1] == "2"
+
+
+def test_a_job_every_other_job_waits_on_gets_the_free_cores_as_threads(tmp_path, monkeypatch):
+    """The tokenizer of a one-row chain (every job left needs it) runs on both cores as threads; two jobs that could
+    run side by side get one core each, and so does a job started beside a running one. The count reaches the
+    process's OMP_NUM_THREADS."""
+    cores = {}
+    graph = (("tok", []), ("lat", ["tok"]), ("wam", ["lat"]), ("plain", []), ("eval", ["wam", "plain"], 2))
+    p, order = fake_pipeline(tmp_path / "x", graph=graph, cores=cores)
+    p.run(progress=False)
+    assert cores["tok"] == 1 and cores["plain"] == 1  # plain could run beside the chain
+    cores = {}
+    graph = (("data", []), ("tok", ["data"]), ("lat", ["tok"]), ("wam", ["lat"]), ("adapt", ["wam"]),
+             ("ev", ["adapt"], 2))
+    p, order = fake_pipeline(tmp_path / "y", graph=graph, cores=cores)
+    p.run(progress=False)
+    assert cores == {"data": 2, "tok": 2, "lat": 2, "wam": 2, "adapt": 2, "ev": 2}
+    cores = {}
+    graph = (("tok", []), ("wam0", ["tok"]), ("wam1", ["tok"]), ("ev", ["wam0", "wam1"]))
+    p, order = fake_pipeline(tmp_path / "z", graph=graph, cores=cores)
+    p.run(progress=False)
+    assert cores == {"tok": 2, "wam0": 1, "wam1": 1, "ev": 2}
+    seen = {}
+
+    class Proc:  # records the environment the job's process would get
+        returncode = 0
+
+        def __init__(self, cmd, env, **kw):
+            seen[cmd[-1]] = env["OMP_NUM_THREADS"]
+
+        def wait(self):
+            return 0
+
+    q = Pipeline(tmp_path / "env", PipelineConfig(jobs=2))
+    q.add("one", ["noop", "--x", "1"], q.out / "one.done")
+    q.add("ev", ["noop", "--workers", "1", "--x", "2"], q.out / "ev.done", max_cores=2)
+    monkeypatch.setattr("repwam.train.pipeline.subprocess.Popen", Proc)
+    q._run(q.jobs["one"], 2)
+    q._run(q.jobs["ev"], 2)
+    assert seen == {"1": "2", "2": "1"}  # threads for a single process; one thread per worker process
 
 
 def test_budget_minutes_shares_the_time_between_the_stages(tmp_path):

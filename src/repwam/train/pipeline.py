@@ -4,7 +4,9 @@
 A job is one `repwam ...` command with the jobs it needs and the file that proves it finished. The scheduler runs
 up to `jobs` of them at once (one single-thread process per core is fastest on a small CPU), each in its own
 process with `OMP_NUM_THREADS=1`, its output in `<out>/logs/<job>.log`. `jobs` is the number of cores: a closed-loop
-evaluation takes up to `eval_workers` of them (one environment process each), as many as are free when it starts.
+evaluation takes up to `eval_workers` of them (one environment process each), as many as are free when it starts;
+a job every other job left waits on (the tokenizer of a one-row chain), started with nothing else running, gets the
+free cores as threads (`OMP_NUM_THREADS`), since no other job could use them before it finishes.
 A job whose proof exists is skipped; a training job whose run directory holds a training state is resumed, so a
 pipeline interrupted at any point picks up where it stopped when run again, across sittings.
 
@@ -149,6 +151,7 @@ class Job:
     done: Path  # exists when the job has finished
     needs: list[str] = field(default_factory=list)
     max_cores: int = 1  # > 1: the job's `--workers` value is set to the cores free when it starts
+    # (a job of max_cores 1 that every other job left waits on gets the free cores as threads: see _cores)
 
 
 class Pipeline:
@@ -350,7 +353,8 @@ class Pipeline:
     def _run(self, job: Job, cores: int = 1) -> float:
         log = self.out / "logs" / f"{job.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        threads = "1" if job.max_cores > 1 else str(cores)  # worker processes, or one process's threads
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         t0 = time.time()
         with open(log, "a") as fh:
             fh.write(f"\n$ repwam {' '.join(job.args)}\n")
@@ -431,6 +435,20 @@ class Pipeline:
             if main:
                 signal.signal(signal.SIGTERM, previous)
 
+    def _cores(self, name: str, todo: dict[str, Job], running: bool, free: int) -> int:
+        """Cores for `name` starting now: up to its max_cores (worker processes); all the free ones (threads) for a
+        job started with nothing else running that every other job left needs, directly or not."""
+        if self.jobs[name].max_cores > 1 or running:
+            return min(self.jobs[name].max_cores, free)
+        ancestors: dict[str, set[str]] = {}
+
+        def needs(n: str) -> set[str]:
+            if n not in ancestors:
+                ancestors[n] = set(self.jobs[n].needs).union(*(needs(d) for d in self.jobs[n].needs))
+            return ancestors[n]
+
+        return free if all(name in needs(n) for n in todo if n != name) else 1
+
     def _run_all(self, progress: bool) -> dict[str, float]:
         t0 = time.time()
         todo = {n: self.jobs[n] for n in self.pending()}
@@ -448,7 +466,7 @@ class Pipeline:
                         free = self.cfg.jobs - sum(cores.values())
                         if free < 1:
                             break
-                        cores[n] = min(todo[n].max_cores, free)
+                        cores[n] = self._cores(n, todo, bool(running), free)
                         running[pool.submit(self._run, todo.pop(n), cores[n])] = n
                         bar.set_postfix_str(", ".join(running.values()))
                     if not running:

@@ -112,7 +112,8 @@ class PipelineConfig:
     keep_snapshots: int | None = None
     # more `repwam train tokenizer` options for every tokenizer the chain trains, e.g. "--align-weight 4"; they come
     # after the row's recipe and override it (an --align-weight would undo the recon row's 0). A run under --out
-    # records them (pipeline.json) and another value there is refused (its tokenizers are trained)
+    # records them (pipeline.json) and another value there is refused (its tokenizers are trained). On the command
+    # line the value joins the flag with `=` (`--tok-args="--align-weight 4"`): a separate "--..." reads as a flag
     tok_args: str = ""
     # more `repwam train wam` options for every WAM the chain builds (pretraining and the joint row; adaptation keeps
     # the pretrained model's), e.g. "--patch-size 4" beside tok_args "--patch-size 4" (a 16x16 grid, 16 video tokens

@@ -142,17 +142,21 @@ def teacher_pca(fx: np.ndarray, fv: np.ndarray, k: int, fit_n: int) -> tuple[np.
 
 
 def align_split(checkpoint: str, z: np.ndarray, teacher: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(W_align z, layer-normed teacher tokens - W_align z), each (N, 64·C): the alignment's fit and its error."""
+    """(W_align z, layer-normed teacher tokens - W_align z), each (N, L·C): the alignment's fit and its error. The
+    teacher's 8 x 8 map is brought to the latent grid as in training (`teacher_targets`: bilinear up to 16 x 16)."""
     from safetensors.torch import load_file
 
     from repwam.tokenizer.losses import normalize_targets
+    from repwam.tokenizer.teachers.base import teacher_targets
 
     w = load_file(str(Path(checkpoint) / "align_head.safetensors"))
     w = {k.removeprefix("proj."): v for k, v in w.items()}
     with torch.no_grad():
-        zt = torch.from_numpy(z).reshape(len(z), 64, -1)  # (N, L, d_v): the first latent frame's 8 x 8 tokens
+        zt = torch.from_numpy(z).reshape(len(z), -1, w["weight"].shape[1])  # (N, L, d_v): the first latent frame
         pred = torch.nn.functional.linear(zt, w["weight"], w["bias"])  # (N, L, C)
-        t = torch.from_numpy(teacher).reshape(len(teacher), -1, 64).transpose(1, 2)  # channel-major -> (N, L, C)
+        side = round(zt.shape[1] ** 0.5)
+        t = torch.from_numpy(teacher).reshape(len(teacher), w["weight"].shape[0], 8, 8)  # channel-major (N, C, 8, 8)
+        t = teacher_targets(t[:, None], (side, side))[:, 0]  # (N, L, C)
         resid = normalize_targets(t) - pred
     return pred.flatten(1).numpy(), resid.flatten(1).numpy()
 

@@ -13,9 +13,10 @@ repwam ablate --out outputs/hardgrid_s2 --seeds 2 $COMMON "${GRID[@]}" --jobs 1 
 # one table with hard60's 8x8 rows (their eval/<run>/ folders in benchmarks/results/hard_tasks_60passes/eval20/eval)
 python benchmarks/val_losses.py outputs/hardgrid/runs/wam_repwam_s0 outputs/hardgrid/runs/wam_repwam_s1 \
   outputs/hardgrid_s2/runs/wam_repwam_s2 --out benchmarks/results/hard_tasks_grid16/val_losses.json
-python benchmarks/where_episodes_end.py benchmarks/results/hard_tasks_grid16/eval/*
+# (where_episodes_end: the line at the end)
 # what the latents keep of push's puck and reach's goal (first frame, ridge; rows added to goal_from_image.json)
 python benchmarks/goal_from_image.py --task push-v3 --target object --train 20,60 --sizes 64 \
   --tokenizer 64=outputs/hardgrid/runs/tok_default/checkpoints/last --align-residual
 python benchmarks/goal_from_image.py --task reach-v3 --train 20,60 --sizes 64 \
   --tokenizer 64=outputs/hardgrid/runs/tok_default/checkpoints/last --align-residual
+python benchmarks/where_episodes_end.py benchmarks/results/hard_tasks_grid16/eval/* --out benchmarks/results/hard_tasks_grid16/where_episodes_end.json

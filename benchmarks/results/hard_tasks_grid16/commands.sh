@@ -20,3 +20,7 @@ python benchmarks/goal_from_image.py --task push-v3 --target object --train 20,6
 python benchmarks/goal_from_image.py --task reach-v3 --train 20,60 --sizes 64 \
   --tokenizer 64=outputs/hardgrid/runs/tok_default/checkpoints/last --align-residual
 python benchmarks/where_episodes_end.py benchmarks/results/hard_tasks_grid16/eval/* --out benchmarks/results/hard_tasks_grid16/where_episodes_end.json
+# next (started 2026-12-06, not finished): the same tokenizer and LAT, the WAM at patch 2 (64 video tokens per frame)
+mkdir -p outputs/hardgrid64/runs && ln -s ../hardgrid/data outputs/hardgrid64/data
+ln -s ../../hardgrid/runs/tok_default ../../hardgrid/runs/lat_default outputs/hardgrid64/runs/
+repwam ablate --out outputs/hardgrid64 --seeds 0 1 $COMMON --tok-args="--patch-size 4" --wam-args="--patch-size 2"

@@ -19,3 +19,27 @@ for s in 3000 4500; do
 done
 python benchmarks/val_losses.py outputs/hard100/runs/wam_repwam_s0 outputs/hard100p/runs/plain_plain_s0
 python benchmarks/where_episodes_end.py benchmarks/results/hard_tasks_100demos/eval/* --out benchmarks/results/hard_tasks_100demos/where_episodes_end.json
+
+# Seed 1 of both rows and seed 2 (2026-12-06, twenty-second sitting): the data regenerated (the same seeds), the
+# tokenizer and LAT retrained; seed 2's plain policy and RepWAM in their own folders on the same data, tokenizer
+# and LAT (linked), each started once a core was free.
+repwam ablate --out outputs/hard100 --rows repwam plain --seeds 1 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 6000 --plain-steps 6000 --eval-episodes 20 \
+  --jobs 2 --eval-workers 1 --keep-snapshots 8
+mkdir -p outputs/hard100_s2p/data outputs/hard100_s2/data outputs/hard100_s2/runs
+ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 outputs/hard100_s2p/data/
+ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 outputs/hard100_s2/data/
+ln -s ../../hard100/runs/tok_default ../../hard100/runs/lat_default outputs/hard100_s2/runs/
+for row in plain repwam; do
+  out=outputs/hard100_s2; [ $row = plain ] && out=outputs/hard100_s2p
+  repwam ablate --out $out --rows $row --seeds 2 --tasks $H --episodes-per-task 100 --tok-steps 400 \
+    --lat-steps 300 --wam-steps 550 --adapt-steps 6000 --plain-steps 6000 --eval-episodes 20 --jobs 1 \
+    --eval-workers 1 --keep-snapshots 8
+done
+# the table and plot over every seed's evaluation (copied into one folder)
+mkdir -p outputs/hard100_all/eval && cp -r benchmarks/results/hard_tasks_100demos/eval/* outputs/hard100_all/eval/
+repwam ablate --out outputs/hard100_all --rows repwam plain --seeds 0 1 2 --tasks $H --episodes-per-task 100 \
+  --report-only
+python benchmarks/val_losses.py outputs/hard100/runs/wam_repwam_s1 outputs/hard100/runs/plain_plain_s1
+R=benchmarks/results/hard_tasks_100demos
+python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json

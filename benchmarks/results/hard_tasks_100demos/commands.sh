@@ -22,7 +22,7 @@ python benchmarks/where_episodes_end.py benchmarks/results/hard_tasks_100demos/e
 
 # Seed 1 of both rows and seed 2 (2026-12-06, twenty-second sitting): the data regenerated (the same seeds), the
 # tokenizer and LAT retrained; seed 2's plain policy and RepWAM in their own folders on the same data, tokenizer
-# and LAT (linked), each started once a core was free.
+# and LAT (linked), each started once a core was free (the loop below runs them in turn; they ran side by side).
 repwam ablate --out outputs/hard100 --rows repwam plain --seeds 1 --tasks $H --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 6000 --plain-steps 6000 --eval-episodes 20 \
   --jobs 2 --eval-workers 1 --keep-snapshots 8
@@ -40,6 +40,10 @@ done
 mkdir -p outputs/hard100_all/eval && cp -r benchmarks/results/hard_tasks_100demos/eval/* outputs/hard100_all/eval/
 repwam ablate --out outputs/hard100_all --rows repwam plain --seeds 0 1 2 --tasks $H --episodes-per-task 100 \
   --report-only
-python benchmarks/val_losses.py outputs/hard100/runs/wam_repwam_s1 outputs/hard100/runs/plain_plain_s1
+# seed 1's validation curves, merged into val_losses.json beside seed 0's
+python benchmarks/val_losses.py outputs/hard100/runs/wam_repwam_s1 outputs/hard100/runs/plain_plain_s1 \
+  --out /tmp/vl1.json
+python -c "import json; p='benchmarks/results/hard_tasks_100demos/val_losses.json'; d=json.load(open(p)); \
+d.update(json.load(open('/tmp/vl1.json'))); json.dump(d, open(p, 'w'), indent=1)"
 R=benchmarks/results/hard_tasks_100demos
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json

@@ -415,3 +415,17 @@ def test_sigterm_stops_the_running_jobs_with_the_pipeline(tmp_path):
     with pytest.raises(ProcessLookupError):  # gone (and reaped), not orphaned
         os.kill(child, 0)
     assert not (p.out / "sleep.done").exists()
+
+
+def test_a_resumed_training_job_counts_its_earlier_sittings(tmp_path):
+    """A training run that resumes adds the loop's seconds of its earlier sittings (`progress.json`) to this
+    sitting's, so timings.json is the run's whole time; a fresh run counts this sitting only."""
+    p = Pipeline(tmp_path / "run", PipelineConfig(jobs=1))
+    run = tmp_path / "run" / "runs" / "x"
+    run.mkdir(parents=True)
+    (run / "progress.json").write_text('{"step": 2, "steps": 4, "train_seconds": 1000.0}')
+    job = p.jobs[p.add("train-x", ["train", "tokenizer", "--help", "--out", str(run)], run / "finished", [])]
+    assert p._run(job) < 100  # no training state: the run starts over, the old progress is not its own
+    (run / "training_state.pt").write_text("")
+    assert "--resume" in p._command(job)
+    assert p._run(job) >= 1000

@@ -15,6 +15,7 @@ from repwam.data.lerobot import LeRobotDataset
 from repwam.errors import RepwamError
 from repwam.tokenizer.model import RepViTok
 from repwam.tokenizer.tokenize import load_align_head, load_tokenizer, teacher_cache
+from repwam.train.progress import read_progress
 from repwam.train.tokenizer import TokenizerStage, TokenizerTrainConfig, train_tokenizer
 from repwam.train.trainer import OptimConfig
 
@@ -98,6 +99,8 @@ def test_exact_resume_matches_uninterrupted_run(tiny_dataset, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train_tokenizer(cfg, [tiny_dataset], tmp_path / "b", progress=False)
     assert torch.load(tmp_path / "b" / "training_state.pt", weights_only=False)["step"] == 2
+    first = read_progress(tmp_path / "b")  # the loop's wall time up to the last save, kept across sittings
+    assert first["step"] == 2 and first["steps"] == 4 and first["train_seconds"] > 0
     with pytest.raises(RepwamError, match="--resume"):
         train_tokenizer(cfg, [tiny_dataset], tmp_path / "b", progress=False)
     b = train_tokenizer(cfg, [tiny_dataset], tmp_path / "b", resume=True, progress=False)
@@ -108,6 +111,8 @@ def test_exact_resume_matches_uninterrupted_run(tiny_dataset, tmp_path, monkeypa
     wa, wb = RepViTok.from_pretrained(a).state_dict(), RepViTok.from_pretrained(b).state_dict()
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert torch.load(tmp_path / "b" / "training_state.pt", weights_only=False)["step"] == 4
+    last = read_progress(tmp_path / "b")
+    assert last["step"] == 4 and last["train_seconds"] > first["train_seconds"]
     other = small(steps=4, num_frames=13, clip_lengths=(5, 13))
     with pytest.raises(RepwamError, match="other settings"):
         train_tokenizer(other, [tiny_dataset], tmp_path / "b", resume=True, progress=False)

@@ -70,6 +70,7 @@ from tqdm import tqdm
 
 from repwam.errors import RepwamError
 from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY
+from repwam.train.progress import read_progress
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
         "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator")
@@ -356,11 +357,15 @@ class Pipeline:
         log.parent.mkdir(parents=True, exist_ok=True)
         threads = "1" if job.max_cores > 1 else str(cores)  # worker processes, or one process's threads
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        t0 = time.time()
+        command = self._command(job, cores)
+        # a training run resumed here: its loop's seconds in earlier sittings (up to their last save) count too
+        before = read_progress(job.args[job.args.index("--out") + 1]).get("train_seconds", 0.0) \
+            if "--resume" in command else 0.0
+        t0 = time.time() - before
         with open(log, "a") as fh:
             fh.write(f"\n$ repwam {' '.join(job.args)}\n")
             fh.flush()
-            proc = subprocess.Popen(self._command(job, cores), stdout=fh, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env)
             with self._lock:
                 self._procs.add(proc)
             try:

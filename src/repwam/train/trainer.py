@@ -50,6 +50,7 @@ Run directory layout (`out`):
     out/training_state.dcp/          the same under FSDP: every rank's shards + trainer.pt (step, schedule, RNG)
     out/tb/                          TensorBoard scalars and images
     out/run.json                     the full run config (replay it with `--config out/run.json`)
+    out/progress.json                step, steps and the training loop's wall seconds over every sitting, at each save
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ import torch
 from tqdm import tqdm
 
 from repwam.errors import RepwamError
+from repwam.train.progress import write_progress
 
 OPTIMIZERS = ("adamw", "muon")
 PARALLEL = ("ddp", "fsdp")
@@ -379,6 +381,8 @@ class Trainer:
         self.device = init_distributed(resolve_device(optim.device))
         self.fsdp = optim.parallel == "fsdp" and self.world > 1
         self.state_file = self.out / (SHARDED_STATE_DIR if self.fsdp else STATE_FILE)
+        self.seconds_before = 0.0  # the loop's wall seconds in earlier sittings, up to their last save
+        self._t_fit = time.perf_counter()
         if self.main:
             self._prepare_dir(run_config, resume, defaults or {})
         barrier()
@@ -540,9 +544,11 @@ class Trainer:
             snaps = sorted(p for p in (self.out / "checkpoints").glob("step_*") if p.is_dir())
             for old in snaps[: -o.keep_snapshots] if o.keep_snapshots > 0 else snaps:
                 shutil.rmtree(old)
+        seconds = self.seconds_before + time.perf_counter() - self._t_fit
         state = {
             "step": step,
             "steps": self.steps if self.steps_fixed else None,
+            "train_seconds": seconds,
             "schedulers": [s.state_dict() for s in self.schedulers],
             "aux_optimizers": {k: opt.state_dict() for k, opt in self.aux_optimizers.items()},
             "rng": rngs[0],
@@ -555,6 +561,8 @@ class Trainer:
             tmp = self.state_file.with_suffix(".tmp")
             torch.save(state, tmp)
             os.replace(tmp, self.state_file)
+        if self.main:
+            write_progress(self.out, step=step, steps=self.steps, train_seconds=round(seconds, 3))
         barrier()
         return ckpt
 
@@ -606,6 +614,7 @@ class Trainer:
                 self.ema.load_state_dict(mods["ema"])
             for opt, sd in zip(self.optimizers, state["optimizers"]):
                 opt.load_state_dict(sd)
+        self.seconds_before = float(state.get("train_seconds", 0.0))
         if self.o.minutes is not None and state.get("steps") is not None:  # the budget fixed the length already
             self.steps, self.steps_fixed = min(int(state["steps"]), self.o.steps), True
         for opt, sched, sd in zip(self.optimizers, self.schedulers, state["schedulers"]):
@@ -688,6 +697,7 @@ class Trainer:
                    dynamic_ncols=True)
         last = self.out / "checkpoints" / "last"
         t_start, start_step, t_calib = time.perf_counter(), step, None
+        self._t_fit = t_start
         while step < self.steps:
             if not self.steps_fixed:  # optim.minutes: time steps [a, b) of this sitting, then fix the run's length
                 a, b = BUDGET_CALIBRATION

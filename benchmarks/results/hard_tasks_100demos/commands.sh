@@ -47,3 +47,21 @@ python -c "import json; p='benchmarks/results/hard_tasks_100demos/val_losses.jso
 d.update(json.load(open('/tmp/vl1.json'))); json.dump(d, open(p, 'w'), indent=1)"
 R=benchmarks/results/hard_tasks_100demos
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
+
+# RepWAM's seed 2 (2026-12-06, twenty-third sitting): the loop above, resumed (adaptation from its 3,500-step
+# checkpoint); then the table, plot and summary over the three seeds (the report commands above), its validation
+# curves merged as seed 1's were, and where_episodes_end again.
+python benchmarks/val_losses.py outputs/hard100_s2/runs/wam_repwam_s2 --out /tmp/vl2.json
+# the plain policy along its training: seed 1's snapshots on the same 20 layouts per task
+for s in 3000 4000 5000; do
+  repwam eval policy --checkpoint outputs/hard100/runs/plain_plain_s1/checkpoints/step_000$s --tasks $H \
+    --episodes 20 --seed 0 --workers 1 --videos 0 --out outputs/hard100/eval_snap/plain_plain_s1_$s
+done
+# next (started): both rows at 12,000 steps on seed 1's data, tokenizer, LAT and pretraining (linked)
+O=outputs/hard100_12k
+mkdir -p $O/data $O/runs
+ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+for r in tok_default lat_default wampre_repwam_s1; do ln -s ../../hard100/runs/$r $O/runs/; done
+repwam ablate --out $O --rows repwam plain --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 \
+  --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
+  --eval-workers 1 --keep-snapshots 12

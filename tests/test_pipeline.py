@@ -429,3 +429,36 @@ def test_a_resumed_training_job_counts_its_earlier_sittings(tmp_path):
     (run / "training_state.pt").write_text("")
     assert "--resume" in p._command(job)
     assert p._run(job) >= 1000
+
+
+def test_status_says_where_every_job_stands_and_runs_nothing(tmp_path):
+    """`--status`: done / to run / skipped for every job, a finished job's minutes, and an unfinished training run's
+    step and loop minutes over every sitting (its progress.json); nothing is run or written."""
+    from typer.testing import CliRunner
+
+    from repwam.cli import app
+    from repwam.train.progress import write_progress
+
+    p = Pipeline(tmp_path / "run", PipelineConfig(jobs=1))
+    runs = p.out / "runs"
+    a = p.add("train-a", ["train", "x", "--out", str(runs / "a")], runs / "a" / "finished")
+    b = p.add("train-b", ["train", "x", "--out", str(runs / "b")], runs / "b" / "finished", [a])
+    p.add("eval-c", ["eval", "x"], p.out / "c.json", [b])
+    (runs / "b").mkdir(parents=True)
+    (runs / "a" / "finished").mkdir(parents=True)  # the proof is there
+    write_progress(runs / "b", step=500, steps=2000, train_seconds=600.0)
+    p._save_timing("train-a", 120.0)
+    rows = {r["job"]: r for r in p.status()}
+    assert rows["train-a"] == {"job": "train-a", "state": "done", "minutes": 2.0}
+    assert rows["train-b"] == {"job": "train-b", "state": "to run", "step": "500/2000", "minutes": 10.0}
+    assert rows["eval-c"] == {"job": "eval-c", "state": "to run"}
+    assert "| train-b | to run | 500/2000 | 10.0 |" in p.status_table()
+    (p.out / "c.json").write_text("{}")  # its result copied in: b is no longer needed
+    assert {r["job"]: r["state"] for r in p.status()}["train-b"] == "skipped"
+
+    out = tmp_path / "abl"
+    r = CliRunner().invoke(app, ["ablate", "--out", str(out), "--rows", "plain", "--seeds", "0", "--tasks",
+                                 "reach-v3", "--status"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "| data | to run |" in r.output and "| train-plain_plain_s0 | to run |" in r.output
+    assert not out.exists()

@@ -25,9 +25,13 @@ app.add_typer(lat_app, name="lat")
 TRAIN_CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []}
 
 
+STATUS_HELP = ("print where every job stands (done, to run, skipped; a training run's step and minutes so far, over "
+               "every sitting) and run nothing")
+
+
 def _parse(args: list[str], prog: str, description: str, cfg, fields: list[tuple]):
-    """Parse `args` with tyro into a dataclass of `fields` ((name, type, default)) plus `cfg`, a config dataclass
-    instance whose fields become top-level options (`--teacher none --optim.lr 1e-3`)."""
+    """Parse `args` with tyro into a dataclass of `fields` ((name, type, default[, help])) plus `cfg`, a config
+    dataclass instance whose fields become top-level options (`--teacher none --optim.lr 1e-3`)."""
     import copy
     import dataclasses
     from typing import Annotated
@@ -35,7 +39,8 @@ def _parse(args: list[str], prog: str, description: str, cfg, fields: list[tuple
     import tyro
 
     Args = dataclasses.make_dataclass("Args", [  # real types (this module's annotations are strings)
-        *[(name, tp, dataclasses.field(default_factory=lambda d=default: copy.copy(d))) for name, tp, default in fields],
+        *[(name, Annotated[tp, tyro.conf.arg(help=more[0])] if more else tp,
+           dataclasses.field(default_factory=lambda d=default: copy.copy(d))) for name, tp, default, *more in fields],
         ("cfg", Annotated[type(cfg), tyro.conf.arg(name="")], dataclasses.field(default_factory=lambda: cfg)),
     ])
     return tyro.cli(Args, args=list(args), prog=prog, description=description)
@@ -381,7 +386,11 @@ def ablate_cmd(ctx: typer.Context):
 
     a = _parse(ctx.args, "repwam ablate", f"Rows: {', '.join(ROWS)}. Every (row, seed) is saved when it finishes.",
                PipelineConfig(), [("out", str, "outputs/ablation"), ("rows", list[str], list(DEFAULT_ROWS)),
-                                  ("seeds", list[int], [0, 1, 2]), ("report_only", bool, False)])
+                                  ("seeds", list[int], [0, 1, 2]), ("report_only", bool, False),
+                                  ("status", bool, False, STATUS_HELP)])
+    if a.status:  # where every job stands (and how far a training run got), nothing run or written
+        typer.echo(ablation(a.out, a.cfg, a.rows, a.seeds, record=False).status_table())
+        return
     if a.report_only:  # the (row, seed)s already under --out (run here, or results copied in): nothing runs
         check_rows(a.rows)
         if not (Path(a.out) / "eval").is_dir():
@@ -412,7 +421,11 @@ def demo_cmd(ctx: typer.Context):
     from repwam.train.pipeline import DEMO, demo
 
     a = _parse(ctx.args, "repwam demo", "Every stage at the tiny preset.", DEMO,
-               [("out", str, "outputs/demo"), ("fresh", bool, False)])
+               [("out", str, "outputs/demo"), ("fresh", bool, False),
+                ("status", bool, False, STATUS_HELP)])
+    if a.status:
+        typer.echo(demo(a.out, a.cfg, record=False).status_table())
+        return
     if a.fresh and Path(a.out).exists():
         shutil.rmtree(a.out)
     pipeline = demo(a.out, a.cfg)

@@ -414,6 +414,30 @@ class Pipeline:
 
         return [n for n in self.jobs if needed(n)]
 
+    def status(self) -> list[dict]:
+        """Where every job stands, without running anything: `done` (its proof is there), `to run` (pending) or
+        `skipped` (only finished jobs need it); the minutes a finished job took (timings.json) and, for a training
+        run with saves, its step and its loop's minutes so far over every sitting (progress.json)."""
+        pending, timings, rows = set(self.pending()), self.timings(), []
+        for n, j in self.jobs.items():
+            row = {"job": n, "state": "done" if j.done.exists() else "to run" if n in pending else "skipped"}
+            if n in timings:
+                row["minutes"] = round(timings[n] / 60, 1)
+            if j.args[0] == "train" and row["state"] == "to run":
+                progress = read_progress(j.args[j.args.index("--out") + 1])
+                if progress:
+                    row["step"] = f"{progress['step']}/{progress['steps']}"
+                    row["minutes"] = round(progress["train_seconds"] / 60, 1)
+            rows.append(row)
+        return rows
+
+    def status_table(self) -> str:
+        """status() as a markdown table."""
+        lines = ["| job | state | step | minutes |", "|---|---|---|---|"]
+        for r in self.status():
+            lines.append(f"| {r['job']} | {r['state']} | {r.get('step', '')} | {r.get('minutes', '')} |")
+        return "\n".join(lines)
+
     def _stop_jobs(self) -> None:
         """Terminate the running jobs' processes (then kill what is left after 10 s): a stopped pipeline leaves no
         trainer behind to write on into a run directory the next sitting resumes."""
@@ -512,7 +536,7 @@ def check_rows(rows: list[str]) -> None:
         raise RepwamError(f"unknown ablation rows {unknown}; rows: {', '.join(ROWS)}")
 
 
-def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[int]) -> Pipeline:
+def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[int], record: bool = True) -> Pipeline:
     check_rows(rows)
     p = Pipeline(out, cfg)
     f = p.out / "pipeline.json"
@@ -527,6 +551,8 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     for row in rows:
         for seed in seeds:
             p.row(row, seed)
+    if not record:  # a look (--status): --out is left as it is
+        return p
     (p.out).mkdir(parents=True, exist_ok=True)
     (p.out / "pipeline.json").write_text(json.dumps({"config": asdict(cfg), "rows": rows, "seeds": seeds}, indent=1))
     return p
@@ -540,12 +566,14 @@ DEMO = PipelineConfig(tasks="reach-v3,push-v3,drawer-open-v3,button-press-topdow
                       plain_steps=600, eval_episodes=10, eval_workers=2)
 
 
-def demo(out: str | Path, cfg: PipelineConfig = DEMO) -> Pipeline:
+def demo(out: str | Path, cfg: PipelineConfig = DEMO, record: bool = True) -> Pipeline:
     """The method and the plain-policy baseline side by side (one per core), plus the evaluations the report shows."""
     p = Pipeline(out, cfg)
     p.row("repwam", 0)
     p.row("plain", 0)
     p.inspect("default", "wampre_repwam_s0")
+    if not record:
+        return p
     p.out.mkdir(parents=True, exist_ok=True)
     (p.out / "pipeline.json").write_text(json.dumps({"config": asdict(cfg), "rows": ["repwam", "plain"], "seeds": [0]},
                                                     indent=1))

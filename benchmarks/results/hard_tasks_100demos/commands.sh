@@ -65,3 +65,8 @@ for r in tok_default lat_default wampre_repwam_s1; do ln -s ../../hard100/runs/$
 repwam ablate --out $O --rows repwam plain --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 \
   --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
   --eval-workers 1 --keep-snapshots 12
+# success along training: RepWAM seed 0's snapshots, the plain policy seed 1's (success_curve.png / .json)
+cd benchmarks/results/hard_tasks_100demos && python ../../success_curve.py \
+  --curve "RepWAM (seed 0)" 3000=eval_snap/wam_repwam_s0_3000 4500=eval_snap/wam_repwam_s0_4500 6000=eval/wam_repwam_s0 \
+  --curve "plain (seed 1)" 3000=eval_snap/plain_plain_s1_3000 4000=eval_snap/plain_plain_s1_4000 \
+  5000=eval_snap/plain_plain_s1_5000 6000=eval/plain_plain_s1 --out success_curve.png && cd -

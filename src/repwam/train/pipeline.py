@@ -155,6 +155,11 @@ class Job:
     max_cores: int = 1  # > 1: the job's `--workers` value is set to the cores free when it starts
     # (a job of max_cores 1 that every other job left waits on gets the free cores as threads: see _cores)
 
+    @property
+    def run_dir(self) -> Path | None:
+        """A training job's run directory (its `--out`); None for other jobs."""
+        return Path(self.args[self.args.index("--out") + 1]) if self.args[0] == "train" else None
+
 
 class Pipeline:
     def __init__(self, out: str | Path, cfg: PipelineConfig):
@@ -348,7 +353,7 @@ class Pipeline:
         args = list(job.args)
         if job.max_cores > 1 and "--workers" in args:
             args[args.index("--workers") + 1] = str(cores)
-        if args[0] == "train" and (Path(args[args.index("--out") + 1]) / "training_state.pt").exists():
+        if job.run_dir is not None and (job.run_dir / "training_state.pt").exists():
             args.append("--resume")
         return [sys.executable, "-m", "repwam.cli", *args]
 
@@ -359,8 +364,7 @@ class Pipeline:
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         command = self._command(job, cores)
         # a training run resumed here: its loop's seconds in earlier sittings (up to their last save) count too
-        before = read_progress(job.args[job.args.index("--out") + 1]).get("train_seconds", 0.0) \
-            if "--resume" in command else 0.0
+        before = read_progress(job.run_dir).get("train_seconds", 0.0) if "--resume" in command else 0.0
         t0 = time.time() - before
         with open(log, "a") as fh:
             fh.write(f"\n$ repwam {' '.join(job.args)}\n")
@@ -423,8 +427,8 @@ class Pipeline:
             row = {"job": n, "state": "done" if j.done.exists() else "to run" if n in pending else "skipped"}
             if n in timings:
                 row["minutes"] = round(timings[n] / 60, 1)
-            if j.args[0] == "train" and row["state"] == "to run":
-                progress = read_progress(j.args[j.args.index("--out") + 1])
+            if j.run_dir is not None and row["state"] == "to run":
+                progress = read_progress(j.run_dir)
                 if progress:
                     row["step"] = f"{progress['step']}/{progress['steps']}"
                     row["minutes"] = round(progress["train_seconds"] / 60, 1)

@@ -1,0 +1,17 @@
+#!/bin/bash
+# The four hard tasks from the camera with 100 demonstrations per task, both rows at 12,000 steps (~24 passes)
+# instead of hard_tasks_100demos' 6,000 (2026-12-06, twenty-third and twenty-fourth sittings): seed 1's data,
+# tokenizer, LAT and WAM pretraining from outputs/hard100 (linked), the adaptation and the plain policy trained anew
+# (the cosine schedule spans 12,000 steps); evaluation on the same 20 layouts per task (seed 0). One job per core.
+H=reach-v3,push-v3,pick-place-v3,peg-insert-side-v3
+O=outputs/hard100_12k
+mkdir -p $O/data $O/runs
+ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+for r in tok_default lat_default wampre_repwam_s1; do ln -s ../../hard100/runs/$r $O/runs/; done
+repwam ablate --out $O --rows repwam plain --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 \
+  --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
+  --eval-workers 1 --keep-snapshots 12
+R=benchmarks/results/hard_tasks_100demos_12k
+mkdir -p $R/eval && cp -r $O/eval/* $R/eval/
+python benchmarks/val_losses.py $O/runs/wam_repwam_s1 --out $R/val_losses.json
+python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json

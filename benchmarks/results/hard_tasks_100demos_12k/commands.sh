@@ -15,3 +15,4 @@ R=benchmarks/results/hard_tasks_100demos_12k
 mkdir -p $R/eval && cp -r $O/eval/* $R/eval/
 python benchmarks/val_losses.py $O/runs/wam_repwam_s1 --out $R/val_losses.json
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
+python benchmarks/expert_reliance.py $O/runs/wam_repwam_s1 outputs/hard100/runs/wam_repwam_s1 --out $R/expert_reliance.json

@@ -57,14 +57,7 @@ for s in 3000 4000 5000; do
   repwam eval policy --checkpoint outputs/hard100/runs/plain_plain_s1/checkpoints/step_000$s --tasks $H \
     --episodes 20 --seed 0 --workers 1 --videos 0 --out outputs/hard100/eval_snap/plain_plain_s1_$s
 done
-# next (started): both rows at 12,000 steps on seed 1's data, tokenizer, LAT and pretraining (linked)
-O=outputs/hard100_12k
-mkdir -p $O/data $O/runs
-ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
-for r in tok_default lat_default wampre_repwam_s1; do ln -s ../../hard100/runs/$r $O/runs/; done
-repwam ablate --out $O --rows repwam plain --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 \
-  --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
-  --eval-workers 1 --keep-snapshots 12
+# both rows at 12,000 steps on seed 1's data, tokenizer, LAT and pretraining: ../hard_tasks_100demos_12k/commands.sh
 # success along training: RepWAM seed 0's snapshots, the plain policy seed 1's (success_curve.png / .json)
 cd benchmarks/results/hard_tasks_100demos && python ../../success_curve.py \
   --curve "RepWAM (seed 0)" 3000=eval_snap/wam_repwam_s0_3000 4500=eval_snap/wam_repwam_s0_4500 6000=eval/wam_repwam_s0 \

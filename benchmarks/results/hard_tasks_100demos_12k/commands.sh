@@ -16,3 +16,17 @@ mkdir -p $R/eval && cp -r $O/eval/* $R/eval/
 python benchmarks/val_losses.py $O/runs/wam_repwam_s1 --out $R/val_losses.json
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
 python benchmarks/expert_reliance.py $O/runs/wam_repwam_s1 outputs/hard100/runs/wam_repwam_s1 --out $R/expert_reliance.json
+# RepWAM's 9,000-step snapshot on the same layouts
+repwam eval policy --checkpoint $O/runs/wam_repwam_s1/checkpoints/step_0009000 --tasks $H --episodes 20 --seed 0 \
+  --workers 1 --videos 0 --out $O/eval_snap/wam_repwam_s1_9000
+# seeds 2 and 0 of both rows at 12,000 steps, in their own folder on the same data, tokenizer and LAT (seed 2 on its
+# 6,000-step run's pretraining, seed 0 pretrained anew); one job per core, after the runs above
+O=outputs/hard100_12k_b
+mkdir -p $O/data $O/runs
+ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+ln -s ../../hard100/runs/tok_default ../../hard100/runs/lat_default ../../hard100_s2/runs/wampre_repwam_s2 $O/runs/
+for row in repwam plain; do
+  repwam ablate --out $O --rows $row --seeds 2 0 --tasks $H --episodes-per-task 100 --tok-steps 400 \
+    --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
+    --eval-workers 1 --keep-snapshots 12
+done

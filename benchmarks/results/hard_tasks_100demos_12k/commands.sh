@@ -30,3 +30,11 @@ for row in repwam plain; do
     --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
     --eval-workers 1 --keep-snapshots 12
 done
+# success along training (success_curve.png / .json): the 12,000-step run's snapshot and end beside the 6,000-step runs
+R=benchmarks/results/hard_tasks_100demos_12k
+mkdir -p $R/eval_snap && cp -r outputs/hard100_12k/eval_snap/wam_repwam_s1_9000 $R/eval_snap/
+cd $R && python ../../success_curve.py --curve "RepWAM, 12,000-step run (seed 1)" 9000=eval_snap/wam_repwam_s1_9000 \
+  12000=eval/wam_repwam_s1 --curve "RepWAM, 6,000-step run (seed 1)" 6000=../hard_tasks_100demos/eval/wam_repwam_s1 \
+  --curve "plain, 6,000-step run (seed 1)" 3000=../hard_tasks_100demos/eval_snap/plain_plain_s1_3000 \
+  4000=../hard_tasks_100demos/eval_snap/plain_plain_s1_4000 5000=../hard_tasks_100demos/eval_snap/plain_plain_s1_5000 \
+  6000=../hard_tasks_100demos/eval/plain_plain_s1 --out success_curve.png && cd -

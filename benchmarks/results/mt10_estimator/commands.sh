@@ -14,3 +14,4 @@ export OMP_NUM_THREADS=1
 .venv/bin/repwam ablate --out outputs/mt10plain16k --rows plain_estimator --seeds 0 --tasks mt10 --episodes-per-task 20 --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 16000 --plain-steps 16000 --eval-episodes 20 --estimator-cameras corner3,corner --estimator-layouts-per-task 80 --jobs 1 --eval-workers 1 --keep-snapshots 8
 python benchmarks/val_losses.py outputs/mt10plain16k/runs/plain_plain_estimator_s0 \
   --out benchmarks/results/mt10_estimator/val_losses_plain_est_16k_s0.json
+cp -r outputs/mt10plain16k/eval/plain_plain_estimator_s0 benchmarks/results/mt10_estimator/eval/plain_plain_estimator_16k_s0

@@ -13,28 +13,31 @@ repwam ablate --out $O --rows repwam plain --seeds 1 --tasks $H --episodes-per-t
   --eval-workers 1 --keep-snapshots 12
 R=benchmarks/results/hard_tasks_100demos_12k
 mkdir -p $R/eval && cp -r $O/eval/* $R/eval/
-python benchmarks/val_losses.py $O/runs/wam_repwam_s1 --out $R/val_losses.json
+python benchmarks/val_losses.py $O/runs/wam_repwam_s1 $O/runs/plain_plain_s1 --out $R/val_losses.json
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
 python benchmarks/expert_reliance.py $O/runs/wam_repwam_s1 outputs/hard100/runs/wam_repwam_s1 --out $R/expert_reliance.json
 # RepWAM's 9,000-step snapshot on the same layouts
 repwam eval policy --checkpoint $O/runs/wam_repwam_s1/checkpoints/step_0009000 --tasks $H --episodes 20 --seed 0 \
   --workers 1 --videos 0 --out $O/eval_snap/wam_repwam_s1_9000
 # seeds 2 and 0 of both rows at 12,000 steps, in their own folder on the same data, tokenizer and LAT (seed 2 on its
-# 6,000-step run's pretraining, seed 0 pretrained anew); one job per core, after the runs above
-O=outputs/hard100_12k_b
-mkdir -p $O/data $O/runs
-ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
-ln -s ../../hard100/runs/tok_default ../../hard100/runs/lat_default ../../hard100_s2/runs/wampre_repwam_s2 $O/runs/
+# 6,000-step run's pretraining, seed 0 pretrained anew); one row per core, after the runs above
 for row in repwam plain; do
+  O=outputs/hard100_12k_b; [ $row = plain ] && O=outputs/hard100_12k_c
+  mkdir -p $O/data $O/runs
+  ln -s ../../hard100/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+  ln -s ../../hard100/runs/tok_default ../../hard100/runs/lat_default $O/runs/
+  [ $row = repwam ] && ln -s ../../hard100_s2/runs/wampre_repwam_s2 $O/runs/
   repwam ablate --out $O --rows $row --seeds 2 0 --tasks $H --episodes-per-task 100 --tok-steps 400 \
     --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
-    --eval-workers 1 --keep-snapshots 12
+    --eval-workers 1 --keep-snapshots 12 &
 done
+wait
 # success along training (success_curve.png / .json): the 12,000-step run's snapshot and end beside the 6,000-step runs
 R=benchmarks/results/hard_tasks_100demos_12k
 mkdir -p $R/eval_snap && cp -r outputs/hard100_12k/eval_snap/wam_repwam_s1_9000 $R/eval_snap/
 cd $R && python ../../success_curve.py --curve "RepWAM, 12,000-step run (seed 1)" 9000=eval_snap/wam_repwam_s1_9000 \
-  12000=eval/wam_repwam_s1 --curve "RepWAM, 6,000-step run (seed 1)" 6000=../hard_tasks_100demos/eval/wam_repwam_s1 \
+  12000=eval/wam_repwam_s1 --curve "plain, 12,000-step run (seed 1)" 12000=eval/plain_plain_s1 \
+  --curve "RepWAM, 6,000-step run (seed 1)" 6000=../hard_tasks_100demos/eval/wam_repwam_s1 \
   --curve "plain, 6,000-step run (seed 1)" 3000=../hard_tasks_100demos/eval_snap/plain_plain_s1_3000 \
   4000=../hard_tasks_100demos/eval_snap/plain_plain_s1_4000 5000=../hard_tasks_100demos/eval_snap/plain_plain_s1_5000 \
   6000=../hard_tasks_100demos/eval/plain_plain_s1 --out success_curve.png && cd -

@@ -185,6 +185,17 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert args[args.index("--state-key") + 1] == "observation.estimated_state"
     assert args[args.index("--estimator") + 1] == re_["train-estimator"].args[re_["train-estimator"].args.index("--out") + 1]
     assert "train-estimator" not in rg
+    # no_forecast: adapts repwam's own pretraining, never training the forecast; latent_policy: the action expert
+    # alone on the latents, from scratch (no pretraining, no ℓ, no forecast), for the plain policy's steps
+    nf = ablation(tmp_path / "nf", cfg, ["repwam", "no_forecast", "latent_policy"], [0]).jobs
+    assert nf["train-wam_no_forecast_s0"].needs == ["train-wampre_repwam_s0", "data"]
+    args = nf["train-wam_no_forecast_s0"].args
+    assert args[args.index("--video-drop") + 1] == "1" and "--video-drop" not in nf["train-wam_repwam_s0"].args
+    lp = nf["train-wam_latent_policy_s0"].args
+    assert nf["train-wam_latent_policy_s0"].needs == ["train-lat_default", "data"]
+    assert "train-wampre_latent_policy_s0" not in nf and "--init" not in lp
+    assert lp[lp.index("--recipe") + 1] == "no-latent-actions" and lp[lp.index("--video-drop") + 1] == "1"
+    assert lp[lp.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_latent_policy_s0" in nf
     # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
     pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
     args = pg["train-plain_plain_goal_s0"].args

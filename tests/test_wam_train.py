@@ -412,6 +412,55 @@ def test_adapt_with_robot_history_drop_and_the_policy_either_way(wam_ckpt, tiny_
         load_policy(ckpt, robot_history="no")
 
 
+def test_adapt_without_the_forecast_is_a_policy_on_the_latents(wam_ckpt, tiny_dataset, tmp_path):
+    """--video-drop 1 (the no_forecast row): no training batch holds noisy future frames, so there is no video loss;
+    validation leaves them out too; the policy acts actions-only and refuses to imagine a future it never learned."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+    from repwam.train.wam import WAMStage
+
+    with pytest.raises(RepwamError, match="--video-drop .* needs --stage adapt or joint"):
+        WAMTrainConfig(video_drop=1.0)
+    with pytest.raises(RepwamError, match="video_drop must lie in"):
+        WAMTrainConfig(stage="adapt", video_drop=1.5)
+    with pytest.raises(RepwamError, match="--future-frames-given cannot"):
+        WAMTrainConfig(stage="adapt", video_drop=1.0, future_frames_given=0.5)
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         video_drop=1.0, optim=OptimConfig(steps=2, batch_size=4, optimizer="muon", lr=1e-3,
+                                                           warmup=1, save_every=2, val_items=8))
+    stage = WAMStage(cfg, [tiny_dataset], progress=False)
+    assert stage.model.cfg.video_drop == 1.0
+    batch = stage.collate_fn([stage.train_set[i] for i in range(4)])
+    for _ in range(8):  # the drop is drawn per batch: with 1.0 every draw leaves the video out
+        out = stage.model.train().loss(batch)
+        assert float(out["video_dropped"]) == 1.0 and float(out["video"]) == 0.0 and float(out["robot"]) > 0
+    assert stage.validate(stage.model.eval())["video"] == 0.0
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    assert WorldActionModel.from_pretrained(ckpt).cfg.video_drop == 1.0
+    ds = LeRobotDataset(tiny_dataset)
+    policy = load_policy(ckpt, chunk=1)
+    policy.reset(ds.episode_task(0))
+    assert policy.infer(_episode_obs(ds, 0, 0))["actions"].shape[1] == 4
+    with pytest.raises(RepwamError, match="never learned to forecast"):
+        load_policy(ckpt, actions_only=False)
+
+
+def test_latent_policy_from_scratch_acts(tiny_tokenizer, tiny_lat, tiny_dataset, tmp_path):
+    """The latent_policy row: one stage from scratch with no ℓ stream and no forecast, the robot stream alone
+    denoised; its policy acts."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+
+    cfg = small(tiny_tokenizer, tiny_lat, steps=2, stage="joint", use_latent_actions=False, video_drop=1.0)
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    model = WorldActionModel.from_pretrained(ckpt)
+    assert model.cfg.video_drop == 1.0 and not model.cfg.use_latent_actions and model.cfg.robot_action_dim == 4
+    ds = LeRobotDataset(tiny_dataset)
+    policy = load_policy(ckpt, chunk=1)
+    policy.reset(ds.episode_task(0))
+    assert np.isfinite(policy.infer(_episode_obs(ds, 0, 0))["actions"]).all()
+
+
 def test_adapt_and_policy_told_the_simulator_state(wam_ckpt, tiny_dataset, tmp_path):
     """state_key=observation.environment_state (the repwam_goal reference): the state token reads the whole
     simulator observation in training (clips, stats floored) and in the policy, which then asks for that key and not

@@ -74,6 +74,9 @@ class RepWAMPolicy:
         if robot_history is not None and not isinstance(robot_history, bool):
             raise RepwamError(f"robot_history must be true or false, got {robot_history!r}")
         self.robot_history = model.robot_history_setting(robot_history)  # refused here, at load, if it cannot apply
+        if not actions_only and model.cfg.video_drop >= 1:
+            raise RepwamError(f"{meta.get('path')} never learned to forecast (trained with video_drop=1): it acts from "
+                              "the observed latents only; run it with actions_only=true")
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if model.cfg.state_dim else None

@@ -46,6 +46,13 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     plain_estimator  the plain policy whose state reads the robot's state followed by repwam_est's estimator's reading
                  (`repwam train plain --state-key observation.estimated_state --estimator ...`): repwam_est's
                  baseline, the same inputs without the world action model
+    no_forecast  repwam whose adaptation never trains the forecast (`--video-drop 1`: the noisy future frames are left
+                 out of every batch; ℓ is still denoised): does learning to forecast beside the actions shape what
+                 the action expert reads? Shares repwam's pretraining
+    latent_policy  the action expert alone on the aligned tokenizer's latents, from scratch: no pretraining, no ℓ,
+                 no forecast (`--recipe no-latent-actions --video-drop 1`, the plain policy's steps): what the
+                 semantic latents give a policy without the world model. With no_forecast and plain it splits
+                 RepWAM's lead over the plain policy between the latents, the pretraining and the forecast
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -73,7 +80,8 @@ from repwam.serve import ENV_STATE_KEY, EST_STATE_KEY
 from repwam.train.progress import read_progress
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
-        "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator")
+        "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator", "no_forecast",
+        "latent_policy")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est", "plain_estimator")  # `repwam train plain`: plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
@@ -277,6 +285,11 @@ class Pipeline:
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
+        if row == "latent_policy":
+            run = self.train("wam", f"wam_{tag}", c.plain_steps,
+                             ["--recipe", "no-latent-actions", "--video-drop", "1", *models, *shlex.split(c.wam_args)],
+                             [lat, self.dataset()], seed, share="plain")
+            return self.evaluate(f"wam_{tag}", [run])
         if row == "joint":
             run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps,
                              ["--recipe", "joint", *models, *shlex.split(c.wam_args)],
@@ -286,18 +299,19 @@ class Pipeline:
         no_state = ["--no-use-state"] if row == "no_state" else []
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         first = ["--first-frame-context"] if row == "first_frame" else []
+        no_forecast = ["--video-drop", "1"] if row == "no_forecast" else []
         goal = ["--state-key", ENV_STATE_KEY] if row == "repwam_goal" else []
         needs = [self.dataset()]
         if row == "repwam_est":
             needs.append(self.estimator())
             goal = ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
-        shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est")
+        shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est", "no_forecast")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell, *shlex.split(c.wam_args)], [lat], seed,
                          data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
                            ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first,
-                            *goal],
+                            *goal, *no_forecast],
                            [pre, *needs], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 

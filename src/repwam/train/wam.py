@@ -74,6 +74,10 @@ class WAMTrainConfig:
     # adapt / joint: give this share of the training clips their future frames clean (WAMConfig.future_frames_given):
     # the expert learns to act from the future the policy imagines first (evaluate with --setting actions_only=false)
     future_frames_given: float = 0.0
+    # adapt / joint: the share of training batches whose noisy future frames are left out (WAMConfig.video_drop;
+    # None: the pretrained model's, or the preset's 0.25). 1.0 never trains the forecast: the action expert acts on
+    # the clean past latents alone, a policy on the tokenizer's latents (the no_forecast and latent_policy rows)
+    video_drop: float | None = None
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -118,6 +122,15 @@ class WAMTrainConfig:
         if self.future_frames_given and not self.robot:
             raise RepwamError("--future-frames-given teaches the action expert to read the future frames: it needs "
                               "--stage adapt or joint")
+        if self.video_drop is not None:
+            if not self.robot:
+                raise RepwamError("--video-drop leaves the forecast out of the action expert's training batches: it "
+                                  "needs --stage adapt or joint")
+            if not 0 <= self.video_drop <= 1:
+                raise RepwamError(f"video_drop must lie in [0, 1], got {self.video_drop}")
+            if self.video_drop == 1 and self.future_frames_given:
+                raise RepwamError("--video-drop 1 leaves every future frame out: --future-frames-given cannot give "
+                                  "them clean")
         if self.robot_token_per_action and not self.robot:
             raise RepwamError("robot_token_per_action lays out the action expert's tokens: it needs --stage adapt or "
                               "joint")
@@ -196,6 +209,8 @@ class WAMStage(Stage):
                          aux_loss_weight=cfg.aux_weight, last_state_cond=cfg.last_state_cond,
                          robot_token_per_action=cfg.robot_token_per_action, robot_history=cfg.robot_history,
                          robot_history_drop=cfg.robot_history_drop, future_frames_given=cfg.future_frames_given)
+            if cfg.video_drop is not None:
+                robot["video_drop"] = cfg.video_drop
             if cfg.robot_width:  # the streams of the model adapted (or built), with the robot stream's width
                 base = (WAMConfig.from_dict(WorldActionModel.read_checkpoint_config(cfg.init)["wam"])
                         if cfg.stage == "adapt" else WAMConfig.preset(cfg.preset))
@@ -239,15 +254,17 @@ class WAMStage(Stage):
 
     @torch.no_grad()
     def validate(self, model):
-        """Flow-matching losses on a fixed sample of validation clips with fixed noise, chunk size 2, no drops."""
+        """Flow-matching losses on a fixed sample of validation clips with fixed noise, chunk size 2, no drops (the
+        future frames are left out only for a model never trained with them, video_drop = 1)."""
         clips = val_subset(self.val_set, self.cfg.optim.val_items, seed=1)
+        drop_video = model.cfg.video_drop >= 1
         loader = torch.utils.data.DataLoader(clips, batch_size=32, collate_fn=self.collate_fn)
         out: dict[str, list[float]] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             for batch in loader:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                for k, v in model.loss(batch, chunk_size=2, drop_video=False).items():
+                for k, v in model.loss(batch, chunk_size=2, drop_video=drop_video).items():
                     out.setdefault(k, []).append(float(v))
         return {k: float(np.mean(v)) for k, v in out.items() if k in ("loss", "video", "action", "robot", "aux")}
 

@@ -216,7 +216,9 @@ class WAMConfig:
     ell_loss_weight: float = 1.0  # lambda_a
     robot_loss_weight: float = 1.0
     aux_loss_weight: float = 1.0  # the state tokens' read-out (aux_dim)
-    video_drop: float = 0.25  # probability per batch of leaving the noisy video tokens out
+    # probability per batch of leaving the noisy video tokens out; 1.0 with the robot stream: a policy on the latents
+    # that never learns to forecast (its video stream encodes the clean past only)
+    video_drop: float = 0.25
     ell_drop: float = 0.25  # with the robot stream: probability per batch of leaving the noisy ℓ tokens out
     # with the robot stream: probability per clip that the chunk's frames are given clean (flow time 1, no video loss),
     # so the action expert learns to act from the future the sampler's first phase imagines (inverse dynamics); the
@@ -287,6 +289,9 @@ class WAMConfig:
             raise RepwamError(f"video_drop={self.video_drop} and ell_drop={self.ell_drop} must lie in [0, 1]")
         if not 0 <= self.future_frames_given <= 1:
             raise RepwamError(f"future_frames_given must lie in [0, 1], got {self.future_frames_given}")
+        if self.future_frames_given and self.video_drop == 1:
+            raise RepwamError("future_frames_given gives the chunk's future frames clean, but video_drop=1 leaves them "
+                              "out of every batch")
         if self.future_frames_given and not self.robot_action_dim:
             raise RepwamError("future_frames_given teaches the action expert to read the future frames: it needs the "
                               "robot stream (robot_action_dim > 0)")

@@ -41,3 +41,10 @@ cd $R && python ../../success_curve.py --curve "RepWAM, 12,000-step run (seed 1)
   --curve "plain, 6,000-step run (seed 1)" 3000=../hard_tasks_100demos/eval_snap/plain_plain_s1_3000 \
   4000=../hard_tasks_100demos/eval_snap/plain_plain_s1_4000 5000=../hard_tasks_100demos/eval_snap/plain_plain_s1_5000 \
   6000=../hard_tasks_100demos/eval/plain_plain_s1 --out success_curve.png && cd -
+# what RepWAM's lead over the plain policy is made of (seed 1, in the seed-1 folder: its data, tokenizer, LAT and
+# pretraining): no_forecast adapts that pretraining without ever training the forecast (--video-drop 1), latent_policy
+# is the action expert alone on the latents from scratch (no pretraining, no ℓ, no forecast), 12,000 steps each
+O=outputs/hard100_12k
+repwam ablate --out $O --rows no_forecast latent_policy --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 \
+  --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
+  --eval-workers 1 --keep-snapshots 12

@@ -33,8 +33,8 @@ for row in repwam plain; do
 done
 wait
 cp -r outputs/hard100_12k_b/eval/* outputs/hard100_12k_c/eval/* $R/eval/
-python benchmarks/val_losses.py outputs/hard100_12k/runs/{wam_repwam,plain_plain}_s1 outputs/hard100_12k_b/runs/wam_repwam_s* \
-  outputs/hard100_12k_c/runs/plain_plain_s* --out $R/val_losses.json
+python benchmarks/val_losses.py outputs/hard100_12k/runs/{wam_repwam,plain_plain}_s1 \
+  outputs/hard100_12k_b/runs/wam_repwam_s* outputs/hard100_12k_c/runs/plain_plain_s* --out $R/val_losses.json
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
 # success along training (success_curve.png / .json): the 12,000-step run's snapshot and end beside the 6,000-step runs
 R=benchmarks/results/hard_tasks_100demos_12k

@@ -39,7 +39,8 @@ def main() -> None:
             result[str(run)][tag] = {"points": points, "min_step": step_min, "min": v_min, "last": last,
                                      "last_over_min": round(last / v_min - 1, 3) if v_min else None}
             shown = " ".join(f"{s}:{v:.3f}" for s, v in points)
-            print(f"  {tag:<14} min {v_min:.3f} at {step_min}, last {last:.3f} ({last / v_min - 1:+.0%})  [{shown}]")
+            over = f"{last / v_min - 1:+.0%}" if v_min else "a loss never trained"  # val/video of --video-drop 1
+            print(f"  {tag:<14} min {v_min:.3f} at {step_min}, last {last:.3f} ({over})  [{shown}]")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n")

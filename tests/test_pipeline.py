@@ -237,6 +237,18 @@ def test_wam_args_reach_pretraining_and_joint_not_adaptation_and_another_value_i
         ablation(tmp_path, PipelineConfig(tasks="reach-v3", tok_args="--patch-size 4"), ["repwam"], [0])
 
 
+def test_adapt_args_reach_adaptation_only_and_another_value_is_refused(tmp_path):
+    cfg = PipelineConfig(tasks="reach-v3", adapt_args="--video-weight 4")
+    jobs = ablation(tmp_path, cfg, ["repwam", "no_state", "joint", "latent_policy"], [0]).jobs
+    for name in ("train-wam_repwam_s0", "train-wam_no_state_s0"):
+        args = jobs[name].args
+        assert args[args.index("--video-weight") + 1] == "4"
+    for name in ("train-wampre_repwam_s0", "train-wam_joint_s0", "train-wam_latent_policy_s0"):
+        assert "--video-weight" not in jobs[name].args
+    with pytest.raises(RepwamError, match=r"adapt_args='--video-weight 4'; this asks for adapt_args='': use another"):
+        ablation(tmp_path, PipelineConfig(tasks="reach-v3"), ["repwam"], [0])
+
+
 def test_estimator_layouts_feed_the_estimator_only_and_another_value_is_refused(tmp_path):
     cfg = PipelineConfig(tasks="reach-v3", episodes_per_task=5, estimator_layouts_per_task=40)
     jobs = ablation(tmp_path, cfg, ["repwam", "repwam_est"], [0]).jobs

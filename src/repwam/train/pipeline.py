@@ -128,6 +128,9 @@ class PipelineConfig:
     # the pretrained model's), e.g. "--patch-size 4" beside tok_args "--patch-size 4" (a 16x16 grid, 16 video tokens
     # per frame as the default 8x8 with 2). Recorded like tok_args
     wam_args: str = ""
+    # more `repwam train wam` options for every adaptation the chain runs (after the row's own, so they override
+    # it), e.g. "--video-weight 4": the forecast weighed 4x beside the actions. Recorded like tok_args
+    adapt_args: str = ""
     # > 0: the repwam_est row's state estimator is fitted on the demonstrations and on this many more episodes per
     # task generated with another base seed (`repwam data generate --seed 1`: layouts that are neither the
     # demonstrations' nor evaluation's), their simulator state read as labels and their actions never; only the
@@ -311,7 +314,7 @@ class Pipeline:
                          data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
                            ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first,
-                            *goal, *no_forecast],
+                            *goal, *no_forecast, *shlex.split(c.adapt_args)],
                            [pre, *needs], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 
@@ -560,6 +563,7 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     f = p.out / "pipeline.json"
     was = json.loads(f.read_text())["config"] if f.exists() else {}
     for key, what in (("tok_args", "tokenizers trained"), ("wam_args", "world action models pretrained"),
+                      ("adapt_args", "world action models adapted"),
                       ("estimator_layouts_per_task", "a state estimator fitted"),
                       ("estimator_cameras", "a state estimator fitted"),
                       ("estimator_targets", "a state estimator fitted")):

@@ -78,6 +78,10 @@ class WAMTrainConfig:
     # None: the pretrained model's, or the preset's 0.25). 1.0 never trains the forecast: the action expert acts on
     # the clean past latents alone, a policy on the tokenizer's latents (the no_forecast and latent_policy rows)
     video_drop: float | None = None
+    # the forecast's weight in the loss (WAMConfig.video_loss_weight; None: the pretrained model's at adapt, else the
+    # preset's 1.0). Adapt / joint: > 1 trains the shared streams more on predicting the future beside the actions
+    # (what the forecast adds to the policy: the no_forecast row, which never trains it)
+    video_weight: float | None = None
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -131,6 +135,11 @@ class WAMTrainConfig:
             if self.video_drop == 1 and self.future_frames_given:
                 raise RepwamError("--video-drop 1 leaves every future frame out: --future-frames-given cannot give "
                                   "them clean")
+        if self.video_weight is not None:
+            if self.video_weight < 0:
+                raise RepwamError(f"video_weight must be >= 0, got {self.video_weight}")
+            if self.video_drop == 1:
+                raise RepwamError("--video-drop 1 never trains the forecast: --video-weight has nothing to weigh")
         if self.robot_token_per_action and not self.robot:
             raise RepwamError("robot_token_per_action lays out the action expert's tokens: it needs --stage adapt or "
                               "joint")
@@ -200,6 +209,8 @@ class WAMStage(Stage):
                          attn_backend=cfg.attn_backend, first_frame_context=cfg.first_frame_context)
         if cfg.patch_size is not None:
             overrides["patch_size"] = cfg.patch_size
+        if cfg.video_weight is not None:
+            overrides["video_loss_weight"] = cfg.video_weight
         robot = {}
         if cfg.robot:
             a_dim = len(self.train_set.action_norm.mean)
@@ -218,9 +229,10 @@ class WAMStage(Stage):
                                     StreamConfig(ROBOT, cfg.robot_width, 4 * cfg.robot_width))
         if cfg.stage == "adapt":
             first = {"first_frame_context": True} if cfg.first_frame_context else {}  # else as pretrained
+            weight = {} if cfg.video_weight is None else {"video_loss_weight": cfg.video_weight}
             self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,
                                                           attn_backend=cfg.attn_backend,
-                                                          **first).train()
+                                                          **first, **weight).train()
             init_parents = self.model.checkpoint_meta.get("parents", {})
             for name, ref in (("tokenizer", self.tok), ("lat", self.lat)):
                 got = (init_parents.get(name) or {}).get("weights_hash")

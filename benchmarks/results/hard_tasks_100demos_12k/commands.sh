@@ -61,3 +61,11 @@ for r in tok_default lat_default wampre_repwam_s1; do ln -s ../../hard100/runs/$
 repwam ablate --out $O --rows repwam --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 --lat-steps 300 \
   --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 --eval-workers 1 \
   --keep-snapshots 12 --adapt-args="--video-weight 4"
+# latent_policy scored 0.5625 on seed 1, above RepWAM's 0.45: its seed 2 (in the seed-2 folder) and the one-stage joint
+# row (z + ℓ + actions from scratch, 550 + 12,000 steps) on seed 1, before RepWAM's seed 0
+repwam ablate --out outputs/hard100_12k_b --rows latent_policy --seeds 2 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12
+repwam ablate --out outputs/hard100_12k --rows joint --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 \
+  --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
+  --eval-workers 1 --keep-snapshots 12

@@ -209,8 +209,8 @@ class WAMStage(Stage):
                          attn_backend=cfg.attn_backend, first_frame_context=cfg.first_frame_context)
         if cfg.patch_size is not None:
             overrides["patch_size"] = cfg.patch_size
-        if cfg.video_weight is not None:
-            overrides["video_loss_weight"] = cfg.video_weight
+        # the forecast's weight, for the model built or adapted (None: the preset's or the pretrained model's)
+        weight = {} if cfg.video_weight is None else {"video_loss_weight": cfg.video_weight}
         robot = {}
         if cfg.robot:
             a_dim = len(self.train_set.action_norm.mean)
@@ -229,7 +229,6 @@ class WAMStage(Stage):
                                     StreamConfig(ROBOT, cfg.robot_width, 4 * cfg.robot_width))
         if cfg.stage == "adapt":
             first = {"first_frame_context": True} if cfg.first_frame_context else {}  # else as pretrained
-            weight = {} if cfg.video_weight is None else {"video_loss_weight": cfg.video_weight}
             self.model = WorldActionModel.from_pretrained(cfg.init, allow_new_streams=True, **robot,
                                                           attn_backend=cfg.attn_backend,
                                                           **first, **weight).train()
@@ -243,7 +242,7 @@ class WAMStage(Stage):
                 raise RepwamError(f"--init {cfg.init} has use_latent_actions={self.model.cfg.use_latent_actions}; "
                                   f"set --use-latent-actions accordingly")
         else:
-            self.model = WorldActionModel(WAMConfig.preset(cfg.preset, **overrides, **robot))
+            self.model = WorldActionModel(WAMConfig.preset(cfg.preset, **overrides, **robot, **weight))
         if L != self.model.cfg.tokens_per_frame:
             raise RepwamError(f"the latents have {L} tokens per frame but the tokenizer grid {grid} gives "
                               f"{self.model.cfg.tokens_per_frame}")

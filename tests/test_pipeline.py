@@ -196,6 +196,12 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert "train-wampre_latent_policy_s0" not in nf and "--init" not in lp
     assert lp[lp.index("--recipe") + 1] == "no-latent-actions" and lp[lp.index("--video-drop") + 1] == "1"
     assert lp[lp.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_latent_policy_s0" in nf
+    # joint_no_ell: the same from scratch, also learning the forecast (the default video drop)
+    jn = ablation(tmp_path / "jn", cfg, ["joint_no_ell"], [0]).jobs
+    args = jn["train-wam_joint_no_ell_s0"].args
+    assert jn["train-wam_joint_no_ell_s0"].needs == ["train-lat_default", "data"] and "--init" not in args
+    assert args[args.index("--recipe") + 1] == "no-latent-actions" and "--video-drop" not in args
+    assert args[args.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_joint_no_ell_s0" in jn
     # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
     pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
     args = pg["train-plain_plain_goal_s0"].args

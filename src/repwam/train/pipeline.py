@@ -53,6 +53,10 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  no forecast (`--recipe no-latent-actions --video-drop 1`, the plain policy's steps): what the
                  semantic latents give a policy without the world model. With no_forecast and plain it splits
                  RepWAM's lead over the plain policy between the latents, the pretraining and the forecast
+    joint_no_ell  latent_policy that also learns to forecast the future latents (`--recipe no-latent-actions`, the
+                 default video drop): the one-stage model without ℓ, the paper's joint variant with no latent
+                 actions, for the plain policy's steps. Beside latent_policy it measures what training the forecast
+                 from scratch adds to the action expert; beside joint, what ℓ does
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -81,7 +85,7 @@ from repwam.train.progress import read_progress
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
         "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator", "no_forecast",
-        "latent_policy")
+        "latent_policy", "joint_no_ell")
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est", "plain_estimator")  # `repwam train plain`: plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
@@ -288,9 +292,10 @@ class Pipeline:
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
-        if row == "latent_policy":
+        if row in ("latent_policy", "joint_no_ell"):
+            no_forecast = ["--video-drop", "1"] if row == "latent_policy" else []
             run = self.train("wam", f"wam_{tag}", c.plain_steps,
-                             ["--recipe", "no-latent-actions", "--video-drop", "1", *models, *shlex.split(c.wam_args)],
+                             ["--recipe", "no-latent-actions", *no_forecast, *models, *shlex.split(c.wam_args)],
                              [lat, self.dataset()], seed, share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         if row == "joint":

@@ -69,3 +69,12 @@ repwam ablate --out outputs/hard100_12k_b --rows latent_policy --seeds 2 --tasks
 repwam ablate --out outputs/hard100_12k --rows joint --seeds 1 --tasks $H --episodes-per-task 100 --tok-steps 400 \
   --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 \
   --eval-workers 1 --keep-snapshots 12
+# latent_policy's third seed (0, in the seed-0 folder), then joint_no_ell on seed 1: latent_policy that also learns
+# the forecast from scratch (the one-stage model without ℓ; beside latent_policy and joint it shows what the forecast
+# and ℓ each add when trained from scratch)
+repwam ablate --out outputs/hard100_12k_b --rows latent_policy --seeds 0 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12
+repwam ablate --out outputs/hard100_12k --rows joint_no_ell --seeds 1 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12

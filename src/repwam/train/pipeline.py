@@ -292,8 +292,8 @@ class Pipeline:
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
+        no_forecast = ["--video-drop", "1"] if row in ("no_forecast", "latent_policy") else []  # never the forecast
         if row in ("latent_policy", "joint_no_ell"):
-            no_forecast = ["--video-drop", "1"] if row == "latent_policy" else []
             run = self.train("wam", f"wam_{tag}", c.plain_steps,
                              ["--recipe", "no-latent-actions", *no_forecast, *models, *shlex.split(c.wam_args)],
                              [lat, self.dataset()], seed, share="plain")
@@ -307,7 +307,6 @@ class Pipeline:
         no_state = ["--no-use-state"] if row == "no_state" else []
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         first = ["--first-frame-context"] if row == "first_frame" else []
-        no_forecast = ["--video-drop", "1"] if row == "no_forecast" else []
         goal = ["--state-key", ENV_STATE_KEY] if row == "repwam_goal" else []
         needs = [self.dataset()]
         if row == "repwam_est":

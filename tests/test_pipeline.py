@@ -202,6 +202,14 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert jn["train-wam_joint_no_ell_s0"].needs == ["train-lat_default", "data"] and "--init" not in args
     assert args[args.index("--recipe") + 1] == "no-latent-actions" and "--video-drop" not in args
     assert args[args.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_joint_no_ell_s0" in jn
+    # latent_policy on the reconstruction-only tokenizer's latents and on the frozen teacher's features
+    for row, recipe in (("latent_policy_recon", "none"), ("latent_policy_teacher", "teacher")):
+        jobs = ablation(tmp_path / row, cfg, [row], [0]).jobs
+        args = jobs[f"train-wam_{row}_s0"].args
+        assert jobs[f"train-wam_{row}_s0"].needs == [f"train-lat_{recipe}", "data"] and "--init" not in args
+        assert args[args.index("--tokenizer") + 1].endswith(f"tok_{recipe}/checkpoints/last")
+        assert args[args.index("--recipe") + 1] == "no-latent-actions" and args[args.index("--video-drop") + 1] == "1"
+        assert "train-tok_default" not in jobs and f"eval-wam_{row}_s0" in jobs
     # plain_goal: the plain policy told the simulator state (the privileged reference), on the same data
     pg = ablation(tmp_path / "pg", cfg, ["plain", "plain_goal"], [0]).jobs
     args = pg["train-plain_plain_goal_s0"].args

@@ -57,6 +57,10 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  default video drop): the one-stage model without ℓ, the paper's joint variant with no latent
                  actions, for the plain policy's steps. Beside latent_policy it measures what training the forecast
                  from scratch adds to the action expert; beside joint, what ℓ does
+    latent_policy_recon  latent_policy on the reconstruction-only tokenizer's latents (recon's tokenizer): does the
+                 alignment make the latents a better policy input, or would any frozen pretrained encoder do?
+    latent_policy_teacher  latent_policy on the frozen teacher's features (teacher's latents): what the tokenizer
+                 keeps of them for a policy
 Tokenizers and LATs are trained once (seed 0) and shared by every seed of a row; the world action model, the
 adaptation and the plain policy are trained per seed, then evaluated in closed loop on the same layouts.
 With `video_episodes_per_task` > 0 the tokenizer, the LAT and the WAM's pretraining see that many episodes per task
@@ -85,7 +89,8 @@ from repwam.train.progress import read_progress
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
         "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator", "no_forecast",
-        "latent_policy", "joint_no_ell")
+        "latent_policy", "joint_no_ell", "latent_policy_recon", "latent_policy_teacher")
+LATENT_POLICY_ROWS = ("latent_policy", "latent_policy_recon", "latent_policy_teacher")  # the expert alone, from scratch
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est", "plain_estimator")  # `repwam train plain`: plain_<row>_s<seed>
 PLAIN_ARGS = {"plain": [], "plain_goal": ["--state-key", ENV_STATE_KEY], "plain_aux": ["--aux-key", ENV_STATE_KEY],
@@ -288,12 +293,13 @@ class Pipeline:
                 needs.append(self.estimator())
                 args += ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
             return self.evaluate(run, [self.train("plain", run, c.plain_steps, args, needs, seed)])
-        tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae", "teacher": "teacher"}.get(row, "default")
+        tok_recipe = {"repwam": "default", "recon": "none", "vae": "vae", "teacher": "teacher",
+                      "latent_policy_recon": "none", "latent_policy_teacher": "teacher"}.get(row, "default")
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
-        no_forecast = ["--video-drop", "1"] if row in ("no_forecast", "latent_policy") else []  # never the forecast
-        if row in ("latent_policy", "joint_no_ell"):
+        no_forecast = ["--video-drop", "1"] if row in ("no_forecast", *LATENT_POLICY_ROWS) else []  # never the forecast
+        if row in (*LATENT_POLICY_ROWS, "joint_no_ell"):
             run = self.train("wam", f"wam_{tag}", c.plain_steps,
                              ["--recipe", "no-latent-actions", *no_forecast, *models, *shlex.split(c.wam_args)],
                              [lat, self.dataset()], seed, share="plain")

@@ -78,3 +78,16 @@ repwam ablate --out outputs/hard100_12k_b --rows latent_policy --seeds 0 --tasks
 repwam ablate --out outputs/hard100_12k --rows joint_no_ell --seeds 1 --tasks $H --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
   --jobs 1 --eval-workers 1 --keep-snapshots 12
+# (2026-12-06, twenty-eighth sitting: every output of the sittings before was gone; joint, joint_no_ell and the
+# video-weight run were lost mid-training.) The data, tokenizer and LAT regenerated with the same seeds in the
+# seed-0 folder, then latent_policy seed 0 and RepWAM seed 0 side by side (RepWAM paused: it could not finish in the
+# sitting), and latent_policy on the reconstruction-only tokenizer's latents (latent_policy_recon, its tokenizer
+# trained with λ_align = 0, 400 steps, and its LAT) on the same data on the other core
+repwam ablate --out outputs/hard100_12k_b --rows repwam latent_policy --seeds 0 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 2 --eval-workers 1 --keep-snapshots 12
+O=outputs/hard100_12k_r
+mkdir -p $O/data && ln -s ../../hard100_12k_b/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+repwam ablate --out $O --rows latent_policy_recon --seeds 0 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12

@@ -91,3 +91,8 @@ mkdir -p $O/data && ln -s ../../hard100_12k_b/data/reach-v3+push-v3+pick-place-v
 repwam ablate --out $O --rows latent_policy_recon --seeds 0 --tasks $H --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
   --jobs 1 --eval-workers 1 --keep-snapshots 12
+# (latent_policy_recon's evaluation ran with --workers 2 once the other core was free, resuming the ablation's own
+# evaluation folder.) Next, queued: its seeds 1 and 2 on the same tokenizer and LAT, then latent_policy_teacher
+repwam ablate --out $O --rows latent_policy_recon latent_policy_teacher --seeds 0 1 2 --tasks $H \
+  --episodes-per-task 100 --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 \
+  --eval-episodes 20 --jobs 1 --eval-workers 1 --keep-snapshots 12

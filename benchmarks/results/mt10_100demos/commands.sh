@@ -14,3 +14,4 @@ repwam ablate --out $O --rows repwam --seeds 1 --tasks mt10 --episodes-per-task 
 repwam ablate --out $O --rows plain --seeds 1 --tasks mt10 --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 1400 --adapt-steps 30000 --plain-steps 30000 --eval-episodes 20 \
   --jobs 1 --eval-workers 1 --keep-snapshots 10
+# (2026-12-07: the runs of this file lost before were started again with latent_policy seed 1; outputs/mt10_100)

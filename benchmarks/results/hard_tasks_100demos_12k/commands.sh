@@ -102,7 +102,7 @@ repwam ablate --out $O --rows latent_policy_recon --seeds 0 1 2 --tasks $H --epi
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
   --jobs 2 --eval-workers 1 --keep-snapshots 12
 cp -r $O/eval/wam_latent_policy_recon_s1 $O/eval/wam_latent_policy_recon_s2 $R/eval/
-python benchmarks/val_losses.py $O/runs/wam_latent_policy_recon_s{1,2} --out /tmp/vl.json  # merged into $R/val_losses.json
+python benchmarks/val_losses.py $O/runs/wam_latent_policy_recon_s{1,2} --out /tmp/vl.json  # merged into val_losses.json
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
 # next, queued: latent_policy_teacher on the same data
 repwam ablate --out $O --rows latent_policy_teacher --seeds 0 1 2 --tasks $H --episodes-per-task 100 \

@@ -124,7 +124,9 @@ class PipelineConfig:
     eval_seed: int = 0
     max_steps: int | None = None  # per closed-loop episode (None: Meta-World's 500)
     videos_per_task: int = 1
-    jobs: int = 2  # cores: processes at once
+    # cores this pipeline may use: processes at once, and a job left alone takes them all as threads; give each of
+    # two pipelines run side by side its share, or their threads oversubscribe the cores (several times slower)
+    jobs: int = 2
     eval_workers: int = 2  # at most this many environment processes per closed-loop evaluation (the free cores)
     # periodic snapshots each training run keeps, to evaluate a long run's earlier steps (None: each stage's default)
     keep_snapshots: int | None = None

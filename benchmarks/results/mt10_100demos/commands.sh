@@ -14,4 +14,5 @@ repwam ablate --out $O --rows repwam --seeds 1 --tasks mt10 --episodes-per-task 
 repwam ablate --out $O --rows plain --seeds 1 --tasks mt10 --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 1400 --adapt-steps 30000 --plain-steps 30000 --eval-episodes 20 \
   --jobs 1 --eval-workers 1 --keep-snapshots 10
-# (2026-12-07: the runs of this file lost before were started again with latent_policy seed 1; outputs/mt10_100)
+# (2026-12-07: every earlier output was lost; the first command above, latent_policy seed 1, started again in
+# outputs/mt10_100; RepWAM and the plain policy still queued)

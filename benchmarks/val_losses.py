@@ -4,7 +4,8 @@
         --out benchmarks/results/hard_tasks_60passes/val_losses.json
 
 Reads the `val/*` scalars each run logged to TensorBoard (`<run>/tb`, one point per save) and prints, per run, one
-row per tag: the value at each step, the step of the minimum and how far the last value is above it.
+row per tag: the value at each step, the step of the minimum and how far the last value is above it. `--update`
+adds runs to an existing --out, keeping those whose outputs are gone.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories (with tb/)")
     ap.add_argument("--out", type=Path, help="JSON file to write")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the runs already in --out (their run directories may be gone); add or replace these")
     args = ap.parse_args()
     result = {}
     for run in args.runs:
@@ -43,6 +46,8 @@ def main() -> None:
             print(f"  {tag:<14} min {v_min:.3f} at {step_min}, last {last:.3f} ({over})  [{shown}]")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.update and args.out.exists():
+            result = {**json.loads(args.out.read_text()), **result}
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         print(f"\nwrote {args.out}")
 

@@ -102,7 +102,7 @@ repwam ablate --out $O --rows latent_policy_recon --seeds 0 1 2 --tasks $H --epi
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
   --jobs 2 --eval-workers 1 --keep-snapshots 12
 cp -r $O/eval/wam_latent_policy_recon_s1 $O/eval/wam_latent_policy_recon_s2 $R/eval/
-python benchmarks/val_losses.py $O/runs/wam_latent_policy_recon_s{1,2} --out /tmp/vl.json  # merged into val_losses.json
+python benchmarks/val_losses.py $O/runs/wam_latent_policy_recon_s{1,2} --out $R/val_losses.json --update
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
 # then RepWAM seed 0 resumed from its step 500 beside the mt10 run, with --jobs 1: with --jobs 2 the lone job took
 # both cores as threads beside another pipeline and ran at 9-22 s/step instead of 0.74

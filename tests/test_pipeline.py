@@ -202,6 +202,12 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert jn["train-wam_joint_no_ell_s0"].needs == ["train-lat_default", "data"] and "--init" not in args
     assert args[args.index("--recipe") + 1] == "no-latent-actions" and "--video-drop" not in args
     assert args[args.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_joint_no_ell_s0" in jn
+    # latent_policy_ell: ℓ and the actions from scratch, never the forecast (no_forecast without the pretraining)
+    le = ablation(tmp_path / "le", cfg, ["latent_policy_ell"], [0]).jobs
+    args = le["train-wam_latent_policy_ell_s0"].args
+    assert le["train-wam_latent_policy_ell_s0"].needs == ["train-lat_default", "data"] and "--init" not in args
+    assert args[args.index("--recipe") + 1] == "joint" and args[args.index("--video-drop") + 1] == "1"
+    assert args[args.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_latent_policy_ell_s0" in le
     # latent_policy on the reconstruction-only tokenizer's latents and on the frozen teacher's features
     for row, recipe in (("latent_policy_recon", "none"), ("latent_policy_teacher", "teacher")):
         jobs = ablation(tmp_path / row, cfg, [row], [0]).jobs

@@ -57,6 +57,9 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  default video drop): the one-stage model without ℓ, the paper's joint variant with no latent
                  actions, for the plain policy's steps. Beside latent_policy it measures what training the forecast
                  from scratch adds to the action expert; beside joint, what ℓ does
+    latent_policy_ell  latent_policy that also denoises ℓ beside the actions, from scratch (`--recipe joint
+                 --video-drop 1`: no pretraining, no forecast): no_forecast without the pretraining. Beside
+                 latent_policy and no_forecast it splits what costs the action expert between ℓ and the pretraining
     latent_policy_recon  latent_policy on the reconstruction-only tokenizer's latents (recon's tokenizer): does the
                  alignment make the latents a better policy input, or would any frozen pretrained encoder do?
     latent_policy_teacher  latent_policy on the frozen teacher's features (teacher's latents): what the tokenizer
@@ -89,7 +92,7 @@ from repwam.train.progress import read_progress
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
         "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator", "no_forecast",
-        "latent_policy", "joint_no_ell", "latent_policy_recon", "latent_policy_teacher")
+        "latent_policy", "joint_no_ell", "latent_policy_recon", "latent_policy_teacher", "latent_policy_ell")
 LATENT_POLICY_ROWS = ("latent_policy", "latent_policy_recon", "latent_policy_teacher")  # the expert alone, from scratch
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est", "plain_estimator")  # `repwam train plain`: plain_<row>_s<seed>
@@ -300,7 +303,7 @@ class Pipeline:
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
-        no_forecast = ["--video-drop", "1"] if row in ("no_forecast", *LATENT_POLICY_ROWS) else []  # never the forecast
+        no_forecast = ["--video-drop", "1"] if row in ("no_forecast", "latent_policy_ell", *LATENT_POLICY_ROWS) else []
         if row in (*LATENT_POLICY_ROWS, "joint_no_ell"):
             run = self.train("wam", f"wam_{tag}", c.plain_steps,
                              ["--recipe", "no-latent-actions", *no_forecast, *models, *shlex.split(c.wam_args)],
@@ -309,6 +312,11 @@ class Pipeline:
         if row == "joint":
             run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps,
                              ["--recipe", "joint", *models, *shlex.split(c.wam_args)],
+                             [lat, self.dataset()], seed, share="plain")
+            return self.evaluate(f"wam_{tag}", [run])
+        if row == "latent_policy_ell":  # ℓ and the actions from scratch, never the forecast
+            run = self.train("wam", f"wam_{tag}", c.plain_steps, ["--recipe", "joint", *no_forecast, *models,
+                                                                   *shlex.split(c.wam_args)],
                              [lat, self.dataset()], seed, share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []

@@ -113,3 +113,14 @@ repwam ablate --out outputs/hard100_12k_b --rows repwam latent_policy --seeds 0 
 repwam ablate --out $O --rows latent_policy_teacher --seeds 0 1 2 --tasks $H --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
   --jobs 1 --eval-workers 1 --keep-snapshots 12
+# (2026-12-07, thirtieth sitting: the outputs were still there.) RepWAM seed 0 resumed as above (from its step 1500);
+# on the other core, in place of the mt10 run (paused in its tokenizer), latent_policy_ell seed 0: latent_policy that
+# also denoises ℓ (ℓ + actions from scratch, no forecast), i.e. no_forecast without the pretraining, on seed 0's
+# data, tokenizer and LAT (linked)
+O=outputs/hard100_12k_e
+mkdir -p $O/data $O/runs
+ln -s ../../hard100_12k_b/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+for r in tok_default lat_default; do ln -s ../../hard100_12k_b/runs/$r $O/runs/; done
+repwam ablate --out $O --rows latent_policy_ell --seeds 0 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12

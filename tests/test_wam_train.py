@@ -475,6 +475,35 @@ def test_adapt_weighs_the_forecast_as_asked(wam_ckpt, tiny_dataset):
     assert torch.allclose(h["loss"] - b["loss"], (4.0 - w) * b["video"], atol=1e-5)
 
 
+def test_adapt_weighs_the_actions_as_asked(wam_ckpt, tiny_dataset):
+    """--robot-weight sets the actions' weight in the adapted model's loss, and the loss weighs the robot term by it;
+    a weight without the robot stream, or not above zero, is refused."""
+    from repwam.train.wam import WAMStage
+
+    with pytest.raises(RepwamError, match="robot_weight=0.0"):
+        WAMTrainConfig(stage="adapt", robot_weight=0.0)
+    with pytest.raises(RepwamError, match="set at --stage adapt or joint"):
+        WAMTrainConfig(robot_weight=2.0)
+
+    def stage(**kw):
+        return WAMStage(WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3,
+                                       val_fraction=0.34, **kw,
+                                       optim=OptimConfig(steps=2, batch_size=4, warmup=1, val_items=8)),
+                        [tiny_dataset], progress=False)
+
+    base, heavy = stage(), stage(robot_weight=4.0)
+    assert base.model.cfg.robot_loss_weight == 1.0 and heavy.model.cfg.robot_loss_weight == 4.0
+    heavy.model.load_state_dict(base.model.state_dict())
+    batch = base.collate_fn([base.train_set[i] for i in range(4)])
+    losses = []
+    for st in (base, heavy):
+        torch.manual_seed(0)
+        losses.append(st.model.train().loss(batch))
+    b, h = losses
+    assert float(b["robot"]) > 0 and torch.allclose(b["robot"], h["robot"])
+    assert torch.allclose(h["loss"] - b["loss"], 3.0 * b["robot"], atol=1e-5)
+
+
 def test_latent_policy_from_scratch_acts(tiny_tokenizer, tiny_lat, tiny_dataset, tmp_path):
     """The latent_policy row: one stage from scratch with no ℓ stream and no forecast, the robot stream alone
     denoised; its policy acts."""

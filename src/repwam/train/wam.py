@@ -82,6 +82,10 @@ class WAMTrainConfig:
     # preset's 1.0). Adapt / joint: > 1 trains the shared streams more on predicting the future beside the actions
     # (what the forecast adds to the policy: the no_forecast row, which never trains it)
     video_weight: float | None = None
+    # adapt / joint: the actions' weight in the loss (WAMConfig.robot_loss_weight; None: the pretrained model's or the
+    # preset's 1.0). Only the ratio to the forecast's and ℓ's weights counts (Muon and AdamW steps do not scale with
+    # the loss): > 1 gives the action expert's objective more of each update of the parameters all streams share
+    robot_weight: float | None = None
     attn_window: int | None = 4  # latent frames each token attends back (itself included)
     text_encoder: str = "all-minilm-l6-v2"
     attn_backend: str = "sdpa"  # self-attention: sdpa | flex | auto (flex on CUDA; the CPU trains on sdpa only)
@@ -140,6 +144,9 @@ class WAMTrainConfig:
                 raise RepwamError(f"video_weight must be >= 0, got {self.video_weight}")
             if self.video_drop == 1:
                 raise RepwamError("--video-drop 1 never trains the forecast: --video-weight has nothing to weigh")
+        if self.robot_weight is not None and (not self.robot or self.robot_weight <= 0):
+            raise RepwamError(f"robot_weight={self.robot_weight}: the actions' weight is set at --stage adapt or joint, "
+                              "and must be > 0")
         if self.robot_token_per_action and not self.robot:
             raise RepwamError("robot_token_per_action lays out the action expert's tokens: it needs --stage adapt or "
                               "joint")
@@ -209,8 +216,11 @@ class WAMStage(Stage):
                          attn_backend=cfg.attn_backend, first_frame_context=cfg.first_frame_context)
         if cfg.patch_size is not None:
             overrides["patch_size"] = cfg.patch_size
-        # the forecast's weight, for the model built or adapted (None: the preset's or the pretrained model's)
+        # the forecast's and the actions' weights, for the model built or adapted (None: the preset's or the
+        # pretrained model's)
         weight = {} if cfg.video_weight is None else {"video_loss_weight": cfg.video_weight}
+        if cfg.robot_weight is not None:
+            weight["robot_loss_weight"] = cfg.robot_weight
         robot = {}
         if cfg.robot:
             a_dim = len(self.train_set.action_norm.mean)

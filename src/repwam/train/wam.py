@@ -145,8 +145,8 @@ class WAMTrainConfig:
             if self.video_drop == 1:
                 raise RepwamError("--video-drop 1 never trains the forecast: --video-weight has nothing to weigh")
         if self.robot_weight is not None and (not self.robot or self.robot_weight <= 0):
-            raise RepwamError(f"robot_weight={self.robot_weight}: the actions' weight is set at --stage adapt or joint, "
-                              "and must be > 0")
+            raise RepwamError(f"robot_weight={self.robot_weight}: the actions' weight is set at --stage adapt or "
+                              "joint, and must be > 0")
         if self.robot_token_per_action and not self.robot:
             raise RepwamError("robot_token_per_action lays out the action expert's tokens: it needs --stage adapt or "
                               "joint")

@@ -504,6 +504,45 @@ def test_adapt_weighs_the_actions_as_asked(wam_ckpt, tiny_dataset):
     assert torch.allclose(h["loss"] - b["loss"], 3.0 * b["robot"], atol=1e-5)
 
 
+def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, monkeypatch):
+    """--ell-drop 1: the adaptation never denoises ℓ (the robot's actions take the latent actions' place), its
+    validation leaves ℓ out too, and its policy acts robot-only by default and refuses to denoise ℓ; bad values are
+    refused."""
+    from repwam.data.lerobot import LeRobotDataset
+    from repwam.policy import load_policy
+    from repwam.train.wam import WAMStage
+
+    with pytest.raises(RepwamError, match="ell_drop must lie in"):
+        WAMTrainConfig(stage="adapt", ell_drop=1.5)
+    with pytest.raises(RepwamError, match="with latent actions"):
+        WAMTrainConfig(stage="joint", use_latent_actions=False, ell_drop=1.0)
+    with pytest.raises(RepwamError, match="needs --stage adapt or joint"):
+        WAMTrainConfig(ell_drop=1.0)
+    cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
+                         ell_drop=1.0, optim=OptimConfig(steps=2, batch_size=4, warmup=1, save_every=2, val_items=8))
+    st = WAMStage(cfg, [tiny_dataset], progress=False)
+    assert st.model.cfg.ell_drop == 1.0
+    batch = st.collate_fn([st.train_set[i] for i in range(4)])
+    for _ in range(3):
+        out = st.model.train().loss(batch)
+        assert float(out["action"]) == 0 and float(out["ell_dropped"]) == 1 and float(out["robot"]) > 0
+    seen = []
+    real = WorldActionModel.loss
+    monkeypatch.setattr(WorldActionModel, "loss", lambda self, b, **kw: seen.append(kw) or real(self, b, **kw))
+    val = st.validate(st.model)
+    assert val["action"] == 0 and val["robot"] > 0
+    assert seen and all(kw.get("drop_ell") for kw in seen)
+    monkeypatch.setattr(WorldActionModel, "loss", real)
+    ckpt = train_wam(cfg, [tiny_dataset], tmp_path / "run", progress=False)
+    ds = LeRobotDataset(tiny_dataset)
+    policy = load_policy(ckpt, chunk=1)
+    assert policy.robot_only
+    policy.reset(ds.episode_task(0))
+    assert np.isfinite(policy.infer(_episode_obs(ds, 0, 0))["actions"]).all()
+    with pytest.raises(RepwamError, match="run it with robot_only=true"):
+        load_policy(ckpt, robot_only=False)
+
+
 def test_latent_policy_from_scratch_acts(tiny_tokenizer, tiny_lat, tiny_dataset, tmp_path):
     """The latent_policy row: one stage from scratch with no ℓ stream and no forecast, the robot stream alone
     denoised; its policy acts."""

@@ -48,7 +48,7 @@ class RepWAMPolicy:
 
     def __init__(self, model: WorldActionModel, tokenizer, lat: LatentActionTokenizer | None, text: TextEncoder, *,
                  chunk: int | None = None, execute: int | None = None, actions_only: bool = True,
-                 robot_only: bool = False, seed: int = 0,
+                 robot_only: bool | None = None, seed: int = 0,
                  imagine: bool = False, estimator: StateEstimator | None = None, action_steps: int | None = None,
                  video_steps: int | None = None, robot_history: bool | None = None):
         meta = model.checkpoint_meta
@@ -77,6 +77,12 @@ class RepWAMPolicy:
         if not actions_only and model.cfg.video_drop >= 1:
             raise RepwamError(f"{meta.get('path')} never learned to forecast (trained with video_drop=1): it acts from "
                               "the observed latents only; run it with actions_only=true")
+        never_ell = model.cfg.ell_drop >= 1 and model.cfg.use_latent_actions  # adapted with ℓ left out of every batch
+        if robot_only is None:
+            robot_only = never_ell
+        if never_ell and not robot_only:
+            raise RepwamError(f"{meta.get('path')} never learned to act beside the latent actions (trained with "
+                              "ell_drop=1): it denoises the robot actions alone; run it with robot_only=true")
         self.actions_only, self.robot_only, self.imagine = actions_only, robot_only, imagine and not actions_only
         self.action_norm = Normalizer.from_dict(meta["action_stats"])
         self.state_norm = Normalizer.from_dict(meta["state_stats"]) if model.cfg.state_dim else None

@@ -78,6 +78,10 @@ class WAMTrainConfig:
     # None: the pretrained model's, or the preset's 0.25). 1.0 never trains the forecast: the action expert acts on
     # the clean past latents alone, a policy on the tokenizer's latents (the no_forecast and latent_policy rows)
     video_drop: float | None = None
+    # adapt / joint: the share of training batches whose noisy ℓ tokens are left out (WAMConfig.ell_drop; None: the
+    # pretrained model's, or the preset's 0.25). 1.0 never trains ℓ beside the actions: at adaptation the robot's
+    # actions take the latent actions' place (the history keeps the observed ℓ), and the policy acts robot-only
+    ell_drop: float | None = None
     # the forecast's weight in the loss (WAMConfig.video_loss_weight; None: the pretrained model's at adapt, else the
     # preset's 1.0). Adapt / joint: > 1 trains the shared streams more on predicting the future beside the actions
     # (what the forecast adds to the policy: the no_forecast row, which never trains it)
@@ -139,6 +143,12 @@ class WAMTrainConfig:
             if self.video_drop == 1 and self.future_frames_given:
                 raise RepwamError("--video-drop 1 leaves every future frame out: --future-frames-given cannot give "
                                   "them clean")
+        if self.ell_drop is not None:
+            if not (self.robot and self.use_latent_actions):
+                raise RepwamError("--ell-drop leaves the noisy latent actions out of the action expert's training "
+                                  "batches: it needs --stage adapt or joint, with latent actions")
+            if not 0 <= self.ell_drop <= 1:
+                raise RepwamError(f"ell_drop must lie in [0, 1], got {self.ell_drop}")
         if self.video_weight is not None:
             if self.video_weight < 0:
                 raise RepwamError(f"video_weight must be >= 0, got {self.video_weight}")
@@ -232,6 +242,8 @@ class WAMStage(Stage):
                          robot_history_drop=cfg.robot_history_drop, future_frames_given=cfg.future_frames_given)
             if cfg.video_drop is not None:
                 robot["video_drop"] = cfg.video_drop
+            if cfg.ell_drop is not None:
+                robot["ell_drop"] = cfg.ell_drop
             if cfg.robot_width:  # the streams of the model adapted (or built), with the robot stream's width
                 base = (WAMConfig.from_dict(WorldActionModel.read_checkpoint_config(cfg.init)["wam"])
                         if cfg.stage == "adapt" else WAMConfig.preset(cfg.preset))
@@ -276,16 +288,17 @@ class WAMStage(Stage):
     @torch.no_grad()
     def validate(self, model):
         """Flow-matching losses on a fixed sample of validation clips with fixed noise, chunk size 2, no drops (the
-        future frames are left out only for a model never trained with them, video_drop = 1)."""
+        future frames, or ℓ, are left out only for a model never trained with them: video_drop or ell_drop = 1)."""
         clips = val_subset(self.val_set, self.cfg.optim.val_items, seed=1)
         drop_video = model.cfg.video_drop >= 1
+        drop_ell = model.cfg.ell_drop >= 1 and model.cfg.has(ROBOT)
         loader = torch.utils.data.DataLoader(clips, batch_size=32, collate_fn=self.collate_fn)
         out: dict[str, list[float]] = {}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             for batch in loader:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                for k, v in model.loss(batch, chunk_size=2, drop_video=drop_video).items():
+                for k, v in model.loss(batch, chunk_size=2, drop_video=drop_video, drop_ell=drop_ell).items():
                     out.setdefault(k, []).append(float(v))
         return {k: float(np.mean(v)) for k, v in out.items() if k in ("loss", "video", "action", "robot", "aux")}
 

@@ -124,3 +124,14 @@ for r in tok_default lat_default; do ln -s ../../hard100_12k_b/runs/$r $O/runs/;
 repwam ablate --out $O --rows latent_policy_ell --seeds 0 --tasks $H --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
   --jobs 1 --eval-workers 1 --keep-snapshots 12
+# latent_policy_ell's validation robot loss fell behind latent_policy's and RepWAM's by step 4,500 (0.282 against
+# 0.238 and 0.264): ℓ trained beside the actions costs the expert. So RepWAM seed 0 was paused at its step 5,000 (it
+# resumes with the command above) and, on that core, RepWAM seed 0 adapted with ℓ left out of every batch (the robot's
+# actions in ℓ's place; the same pretraining, linked)
+O=outputs/hard100_12k_l
+mkdir -p $O/data $O/runs
+ln -s ../../hard100_12k_b/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+for r in tok_default lat_default wampre_repwam_s0; do ln -s ../../hard100_12k_b/runs/$r $O/runs/; done
+repwam ablate --out $O --rows repwam --seeds 0 --tasks $H --episodes-per-task 100 --tok-steps 400 --lat-steps 300 \
+  --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 --eval-workers 1 \
+  --keep-snapshots 12 --adapt-args="--ell-drop 1"

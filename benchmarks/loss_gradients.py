@@ -5,8 +5,8 @@
 
 For each run (a `repwam train wam --stage adapt` or `joint` directory: its run.json rebuilds the same training clips)
 and its checkpoint (`--checkpoint last` or a step), on `--batches` training batches drawn with a fixed seed (chunk
-sizes 1-4 in turn; every term the run trained present: no video or ℓ drop), the gradient of each loss term alone (video, ℓ,
-robot; each with the same noise), on each parameter group: the attention every stream shares (`shared`: the
+sizes 1-4 in turn; every term the run trained present: no video or ℓ drop), the gradient of each loss term alone
+(video, ℓ, robot; each with the same noise), on each parameter group: the attention every stream shares (`shared`: the
 self-attention's qkv and output, the text cross-attention), the video stream's own layers (its FFNs, embeddings and
 head), the ℓ stream's and the robot stream's. Only matrices (what Muon steps). Per group and term: the gradient's norm
 (mean over batches), and per group the mean cosine between two terms' gradients over its matrices. A term whose
@@ -67,8 +67,9 @@ def gradients(run: Path, checkpoint: str, batches: int) -> dict:
                 norms[g][t].append(sum(float(grads[t][n].norm()) ** 2 for n in names) ** 0.5)
             for i, t1 in enumerate(terms):
                 for t2 in terms[i + 1:]:
-                    cs = [float(torch.nn.functional.cosine_similarity(grads[t1][n].flatten(), grads[t2][n].flatten(), 0))
-                          for n in names if grads[t1][n].norm() > 0 and grads[t2][n].norm() > 0]
+                    cos = torch.nn.functional.cosine_similarity
+                    cs = [float(cos(grads[t1][n].flatten(), grads[t2][n].flatten(), 0)) for n in names
+                          if grads[t1][n].norm() > 0 and grads[t2][n].norm() > 0]
                     if cs:
                         cosines[g].setdefault(f"{t1}·{t2}", []).append(sum(cs) / len(cs))
     mean = lambda v: round(sum(v) / len(v), 4)  # noqa: E731

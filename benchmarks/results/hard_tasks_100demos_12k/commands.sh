@@ -135,3 +135,11 @@ for r in tok_default lat_default wampre_repwam_s0; do ln -s ../../hard100_12k_b/
 repwam ablate --out $O --rows repwam --seeds 0 --tasks $H --episodes-per-task 100 --tok-steps 400 --lat-steps 300 \
   --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 --jobs 1 --eval-workers 1 \
   --keep-snapshots 12 --adapt-args="--ell-drop 1"
+# latent_policy_ell seed 0's results (2026-12-07, thirtieth sitting), and what each loss term pulls on
+cp -r outputs/hard100_12k_e/eval/wam_latent_policy_ell_s0 $R/eval/
+python benchmarks/val_losses.py outputs/hard100_12k_e/runs/wam_latent_policy_ell_s0 --out $R/val_losses.json --update
+python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
+python benchmarks/loss_gradients.py outputs/hard100_12k_b/runs/wam_repwam_s0 outputs/hard100_12k_l/runs/wam_repwam_s0 \
+  --checkpoint step_0005000 --out $R/loss_gradients.json
+python benchmarks/loss_gradients.py outputs/hard100_12k_b/runs/wam_latent_policy_s0 \
+  outputs/hard100_12k_e/runs/wam_latent_policy_ell_s0 --checkpoint step_0006500 --out $R/loss_gradients.json

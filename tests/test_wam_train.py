@@ -445,41 +445,18 @@ def test_adapt_without_the_forecast_is_a_policy_on_the_latents(wam_ckpt, tiny_da
         load_policy(ckpt, actions_only=False)
 
 
-def test_adapt_weighs_the_forecast_as_asked(wam_ckpt, tiny_dataset):
-    """--video-weight sets the forecast's weight in the adapted model's loss (the pretrained model's otherwise), and
-    the loss weighs the video term by it; a weight with nothing to weigh, or below zero, is refused."""
+@pytest.mark.parametrize("flag, field, term", [("video_weight", "video_loss_weight", "video"),
+                                                ("robot_weight", "robot_loss_weight", "robot")])
+def test_adapt_weighs_a_loss_term_as_asked(wam_ckpt, tiny_dataset, flag, field, term):
+    """--video-weight / --robot-weight set the forecast's / the actions' weight in the adapted model's loss (the
+    pretrained model's otherwise), and the loss weighs that term by it; a weight with nothing to weigh, or out of
+    range, is refused."""
     from repwam.train.wam import WAMStage
 
     with pytest.raises(RepwamError, match="video_weight must be >= 0"):
         WAMTrainConfig(stage="adapt", video_weight=-1.0)
     with pytest.raises(RepwamError, match="nothing to weigh"):
         WAMTrainConfig(stage="adapt", video_drop=1.0, video_weight=2.0)
-
-    def stage(**kw):
-        return WAMStage(WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3,
-                                       val_fraction=0.34, video_drop=0.0, **kw,
-                                       optim=OptimConfig(steps=2, batch_size=4, warmup=1, val_items=8)),
-                        [tiny_dataset], progress=False)
-
-    base, heavy = stage(), stage(video_weight=4.0)
-    assert base.model.cfg.video_loss_weight == WorldActionModel.from_pretrained(wam_ckpt).cfg.video_loss_weight
-    assert heavy.model.cfg.video_loss_weight == 4.0
-    heavy.model.load_state_dict(base.model.state_dict())
-    batch = base.collate_fn([base.train_set[i] for i in range(4)])
-    losses = []
-    for st in (base, heavy):
-        torch.manual_seed(0)
-        losses.append(st.model.train().loss(batch))
-    (b, h), w = losses, base.model.cfg.video_loss_weight
-    assert float(b["video"]) > 0 and torch.allclose(b["video"], h["video"])
-    assert torch.allclose(h["loss"] - b["loss"], (4.0 - w) * b["video"], atol=1e-5)
-
-
-def test_adapt_weighs_the_actions_as_asked(wam_ckpt, tiny_dataset):
-    """--robot-weight sets the actions' weight in the adapted model's loss, and the loss weighs the robot term by it;
-    a weight without the robot stream, or not above zero, is refused."""
-    from repwam.train.wam import WAMStage
-
     with pytest.raises(RepwamError, match="robot_weight=0.0"):
         WAMTrainConfig(stage="adapt", robot_weight=0.0)
     with pytest.raises(RepwamError, match="set at --stage adapt or joint"):
@@ -487,12 +464,13 @@ def test_adapt_weighs_the_actions_as_asked(wam_ckpt, tiny_dataset):
 
     def stage(**kw):
         return WAMStage(WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3,
-                                       val_fraction=0.34, **kw,
+                                       val_fraction=0.34, video_drop=0.0, **kw,
                                        optim=OptimConfig(steps=2, batch_size=4, warmup=1, val_items=8)),
                         [tiny_dataset], progress=False)
 
-    base, heavy = stage(), stage(robot_weight=4.0)
-    assert base.model.cfg.robot_loss_weight == 1.0 and heavy.model.cfg.robot_loss_weight == 4.0
+    base, heavy = stage(), stage(**{flag: 4.0})
+    w = getattr(WorldActionModel.from_pretrained(wam_ckpt).cfg, field)
+    assert getattr(base.model.cfg, field) == w and getattr(heavy.model.cfg, field) == 4.0
     heavy.model.load_state_dict(base.model.state_dict())
     batch = base.collate_fn([base.train_set[i] for i in range(4)])
     losses = []
@@ -500,8 +478,8 @@ def test_adapt_weighs_the_actions_as_asked(wam_ckpt, tiny_dataset):
         torch.manual_seed(0)
         losses.append(st.model.train().loss(batch))
     b, h = losses
-    assert float(b["robot"]) > 0 and torch.allclose(b["robot"], h["robot"])
-    assert torch.allclose(h["loss"] - b["loss"], 3.0 * b["robot"], atol=1e-5)
+    assert float(b[term]) > 0 and torch.allclose(b[term], h[term])
+    assert torch.allclose(h["loss"] - b["loss"], (4.0 - w) * b[term], atol=1e-5)
 
 
 def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, monkeypatch):

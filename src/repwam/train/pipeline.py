@@ -303,20 +303,17 @@ class Pipeline:
         lat = self.lat(tok_recipe)
         models = ["--tokenizer", self.ckpt(f"tok_{tok_recipe}"), "--lat", self.ckpt(f"lat_{tok_recipe}"),
                   "--preset", c.preset]
-        no_forecast = ["--video-drop", "1"] if row in ("no_forecast", "latent_policy_ell", *LATENT_POLICY_ROWS) else []
-        if row in (*LATENT_POLICY_ROWS, "joint_no_ell"):
+        never = ("no_forecast", "latent_policy_ell", *LATENT_POLICY_ROWS)
+        no_forecast = ["--video-drop", "1"] if row in never else []  # never the forecast
+        if row in (*LATENT_POLICY_ROWS, "joint_no_ell", "latent_policy_ell"):  # from scratch, the plain policy's steps
+            recipe = "joint" if row == "latent_policy_ell" else "no-latent-actions"  # with ℓ, or without
             run = self.train("wam", f"wam_{tag}", c.plain_steps,
-                             ["--recipe", "no-latent-actions", *no_forecast, *models, *shlex.split(c.wam_args)],
+                             ["--recipe", recipe, *no_forecast, *models, *shlex.split(c.wam_args)],
                              [lat, self.dataset()], seed, share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         if row == "joint":
             run = self.train("wam", f"wam_{tag}", c.wam_steps + c.adapt_steps,
                              ["--recipe", "joint", *models, *shlex.split(c.wam_args)],
-                             [lat, self.dataset()], seed, share="plain")
-            return self.evaluate(f"wam_{tag}", [run])
-        if row == "latent_policy_ell":  # ℓ and the actions from scratch, never the forecast
-            run = self.train("wam", f"wam_{tag}", c.plain_steps, ["--recipe", "joint", *no_forecast, *models,
-                                                                   *shlex.split(c.wam_args)],
                              [lat, self.dataset()], seed, share="plain")
             return self.evaluate(f"wam_{tag}", [run])
         no_ell = ["--no-use-latent-actions"] if row == "no_ell" else []

@@ -44,7 +44,11 @@ def gradients(run: Path, checkpoint: str, batches: int) -> dict:
     terms = [t for t, on in (("video", c.video_drop < 1), ("ell", c.use_latent_actions and c.ell_drop < 1),
                              ("robot", bool(c.robot_action_dim))) if on]
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad and p.ndim >= 2]
-    groups = sorted({group(n) for n, _ in params})
+    names = {}  # group -> its matrices' names
+    for n, _ in params:
+        names.setdefault(group(n), []).append(n)
+    groups = sorted(names)
+    cos = torch.nn.functional.cosine_similarity
     norms = {g: {t: [] for t in terms} for g in groups}
     cosines = {g: {} for g in groups}
     gen = torch.Generator().manual_seed(0)
@@ -62,13 +66,11 @@ def gradients(run: Path, checkpoint: str, batches: int) -> dict:
                        drop_ell="ell" not in terms)["loss"].backward()
             grads[t] = {n: p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for n, p in params}
         for g in groups:
-            names = [n for n, _ in params if group(n) == g]
             for t in terms:
-                norms[g][t].append(sum(float(grads[t][n].norm()) ** 2 for n in names) ** 0.5)
+                norms[g][t].append(sum(float(grads[t][n].norm()) ** 2 for n in names[g]) ** 0.5)
             for i, t1 in enumerate(terms):
                 for t2 in terms[i + 1:]:
-                    cos = torch.nn.functional.cosine_similarity
-                    cs = [float(cos(grads[t1][n].flatten(), grads[t2][n].flatten(), 0)) for n in names
+                    cs = [float(cos(grads[t1][n].flatten(), grads[t2][n].flatten(), 0)) for n in names[g]
                           if grads[t1][n].norm() > 0 and grads[t2][n].norm() > 0]
                     if cs:
                         cosines[g].setdefault(f"{t1}·{t2}", []).append(sum(cs) / len(cs))

@@ -208,6 +208,12 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert le["train-wam_latent_policy_ell_s0"].needs == ["train-lat_default", "data"] and "--init" not in args
     assert args[args.index("--recipe") + 1] == "joint" and args[args.index("--video-drop") + 1] == "1"
     assert args[args.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_latent_policy_ell_s0" in le
+    # adapt_no_ell: adapts repwam's own pretraining with ℓ left out of every batch; the pretraining still learns ℓ
+    an = ablation(tmp_path / "an", cfg, ["repwam", "adapt_no_ell"], [0]).jobs
+    assert an["train-wam_adapt_no_ell_s0"].needs == ["train-wampre_repwam_s0", "data"]
+    args = an["train-wam_adapt_no_ell_s0"].args
+    assert args[args.index("--ell-drop") + 1] == "1" and args[args.index("--recipe") + 1] == "adapt"
+    assert "--ell-drop" not in an["train-wampre_repwam_s0"].args + an["train-wam_repwam_s0"].args
     # latent_policy on the reconstruction-only tokenizer's latents and on the frozen teacher's features
     for row, recipe in (("latent_policy_recon", "none"), ("latent_policy_teacher", "teacher")):
         jobs = ablation(tmp_path / row, cfg, [row], [0]).jobs

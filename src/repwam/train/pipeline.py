@@ -60,6 +60,10 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
     latent_policy_ell  latent_policy that also denoises ℓ beside the actions, from scratch (`--recipe joint
                  --video-drop 1`: no pretraining, no forecast): no_forecast without the pretraining. Beside
                  latent_policy and no_forecast it splits what costs the action expert between ℓ and the pretraining
+    adapt_no_ell  repwam whose adaptation leaves ℓ out of every batch (`--ell-drop 1`: the robot's actions take the
+                 latent actions' place at stage 2; the forecast is still trained): does denoising ℓ beside the
+                 actions cost the expert inside the two-stage model, as latent_policy_ell says it does from scratch?
+                 Shares repwam's pretraining
     latent_policy_recon  latent_policy on the reconstruction-only tokenizer's latents (recon's tokenizer): does the
                  alignment make the latents a better policy input, or would any frozen pretrained encoder do?
     latent_policy_teacher  latent_policy on the frozen teacher's features (teacher's latents): what the tokenizer
@@ -92,7 +96,8 @@ from repwam.train.progress import read_progress
 
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
         "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator", "no_forecast",
-        "latent_policy", "joint_no_ell", "latent_policy_recon", "latent_policy_teacher", "latent_policy_ell")
+        "latent_policy", "joint_no_ell", "latent_policy_recon", "latent_policy_teacher", "latent_policy_ell",
+        "adapt_no_ell")
 LATENT_POLICY_ROWS = ("latent_policy", "latent_policy_recon", "latent_policy_teacher")  # the expert alone, from scratch
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est", "plain_estimator")  # `repwam train plain`: plain_<row>_s<seed>
@@ -321,17 +326,19 @@ class Pipeline:
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         first = ["--first-frame-context"] if row == "first_frame" else []
         goal = ["--state-key", ENV_STATE_KEY] if row == "repwam_goal" else []
+        ell_out = ["--ell-drop", "1"] if row == "adapt_no_ell" else []  # ℓ pretrained, never adapted
         needs = [self.dataset()]
         if row == "repwam_est":
             needs.append(self.estimator())
             goal = ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
-        shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est", "no_forecast")
+        shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est", "no_forecast",
+                        "adapt_no_ell")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell, *shlex.split(c.wam_args)], [lat], seed,
                          data=self.video)
         adapt = self.train("wam", f"wam_{tag}", c.adapt_steps,
                            ["--recipe", "adapt", "--init", self.ckpt(pre_run), *models, *no_ell, *no_state, *aux, *first,
-                            *goal, *no_forecast, *shlex.split(c.adapt_args)],
+                            *goal, *no_forecast, *ell_out, *shlex.split(c.adapt_args)],
                            [pre, *needs], seed, share="adapt")
         return self.evaluate(f"wam_{tag}", [adapt])
 

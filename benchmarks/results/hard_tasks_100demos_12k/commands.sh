@@ -143,3 +143,30 @@ python benchmarks/loss_gradients.py outputs/hard100_12k_b/runs/wam_repwam_s0 out
   --checkpoint step_0005000 --out $R/loss_gradients.json
 python benchmarks/loss_gradients.py outputs/hard100_12k_b/runs/wam_latent_policy_s0 \
   outputs/hard100_12k_e/runs/wam_latent_policy_ell_s0 --checkpoint step_0006500 --out $R/loss_gradients.json
+# (2026-12-07, thirty-first sitting.) RepWAM seed 0 with --ell-drop 1 above finished and was evaluated (as `repwam`
+# in outputs/hard100_12k_l, eval/wam_repwam_s0); the same job is now the row adapt_no_ell, copied under its name
+cp -r outputs/hard100_12k_l/eval/wam_repwam_s0 $R/eval/wam_adapt_no_ell_s0
+# its seeds 1 and 2, one per core: each folder links seed 0's data, tokenizer and LAT and pretrains its own seed
+# (outputs/hard100_12k_n also links seed 0's run and evaluation under the row's name, so that its table has all three)
+O=outputs/hard100_12k_n
+mkdir -p $O/data $O/runs $O/eval
+ln -s ../../hard100_12k_b/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+for r in tok_default lat_default wampre_repwam_s0; do ln -s ../../hard100_12k_b/runs/$r $O/runs/; done
+ln -s ../../hard100_12k_l/runs/wam_repwam_s0 $O/runs/wam_adapt_no_ell_s0
+ln -s ../../hard100_12k_l/eval/wam_repwam_s0 $O/eval/wam_adapt_no_ell_s0
+repwam ablate --out $O --rows adapt_no_ell --seeds 0 1 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12
+O=outputs/hard100_12k_n2
+mkdir -p $O/data $O/runs
+ln -s ../../hard100_12k_b/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+for r in tok_default lat_default; do ln -s ../../hard100_12k_b/runs/$r $O/runs/; done
+repwam ablate --out $O --rows adapt_no_ell --seeds 2 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12
+python benchmarks/val_losses.py outputs/hard100_12k_n/runs/wam_adapt_no_ell_s0 --out $R/val_losses.json --update
+python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
+# RepWAM seed 0 (the plain recipe, resumed above) finished and was evaluated: the row's third seed
+cp -r outputs/hard100_12k_b/eval/wam_repwam_s0 $R/eval/
+python benchmarks/val_losses.py outputs/hard100_12k_b/runs/wam_repwam_s0 --out $R/val_losses.json --update
+python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json

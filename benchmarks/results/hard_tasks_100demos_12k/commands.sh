@@ -170,3 +170,8 @@ python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.js
 cp -r outputs/hard100_12k_b/eval/wam_repwam_s0 $R/eval/
 python benchmarks/val_losses.py outputs/hard100_12k_b/runs/wam_repwam_s0 --out $R/val_losses.json --update
 python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
+# is ℓ's cost in training or in sampling ℓ beside the actions? RepWAM seed 0 (ℓ denoised in 75% of its adaptation
+# batches) run with ℓ left out at inference, on the same layouts (one core, beside the two adapt_no_ell seeds)
+repwam eval policy --checkpoint outputs/hard100_12k_b/runs/wam_repwam_s0/checkpoints/last --tasks $H --episodes 20 \
+  --seed 0 --workers 1 --videos 0 --setting robot_only=true --out outputs/hard100_12k_b/eval_set/wam_repwam_s0_robot_only
+mkdir -p $R/eval_settings && cp -r outputs/hard100_12k_b/eval_set/wam_repwam_s0_robot_only $R/eval_settings/

@@ -332,7 +332,7 @@ class Pipeline:
             needs.append(self.estimator())
             goal = ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
         shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est", "no_forecast",
-                        "adapt_no_ell")
+                         "adapt_no_ell")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell, *shlex.split(c.wam_args)], [lat], seed,
                          data=self.video)

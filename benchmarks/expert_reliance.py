@@ -17,6 +17,8 @@ actions to denoise always the same:
                              imagines. Lower than as trained = the expert can act by inverse dynamics from the future.
   future_frames_dropped      the chunk's frames left out (the actions-only training mode).
   future_ell_true            the chunk's latent actions given clean (ℓ from the LAT, flow time 1) [ℓ stream].
+  future_ell_dropped         the chunk's latent actions left out (what robot_only=true runs) [ℓ stream]. Higher than
+                             as trained = the expert leans on the noisy ℓ it is trained beside.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ def change(name: str, a: tuple, kw: dict) -> dict:
         kw["drop_video"] = True
     elif name == "future_ell_true":
         kw["noisy_ell"], kw["alpha_ell"] = ell, torch.ones_like(kw["alpha_ell"])
+    elif name == "future_ell_dropped":
+        kw["drop_ell"] = True
     return kw
 
 
@@ -59,13 +63,15 @@ def reliance(run: Path, items: int) -> dict:
     forward = model.forward
     modes = ["as_trained", "history_from_another_clip", *(["history_hidden"] if model.cfg.robot_history else []),
              "future_frames_true", "future_frames_dropped",
-             *(["future_ell_true"] if model.cfg.use_latent_actions else [])]
+             *(["future_ell_true", "future_ell_dropped"] if model.cfg.use_latent_actions else [])]
     out = {}
     for name in modes:
         def patched(*a, name=name, **kw):
             result = forward(*a, **change(name, a, kw))
             if result["video"] is None:  # frames left out: the loss still scores a video velocity (unread here)
                 result["video"] = torch.zeros_like(a[0][:, 1:])
+            if result.get("action") is None and len(a) > 1 and a[1] is not None:  # ℓ left out: likewise
+                result["action"] = torch.zeros_like(a[1])  # ℓ is (B, T'-1, A)
             return result
 
         model.forward = patched

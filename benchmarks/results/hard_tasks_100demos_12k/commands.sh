@@ -175,3 +175,5 @@ python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.js
 repwam eval policy --checkpoint outputs/hard100_12k_b/runs/wam_repwam_s0/checkpoints/last --tasks $H --episodes 20 \
   --seed 0 --workers 1 --videos 0 --setting robot_only=true --out outputs/hard100_12k_b/eval_set/wam_repwam_s0_robot_only
 mkdir -p $R/eval_settings && cp -r outputs/hard100_12k_b/eval_set/wam_repwam_s0_robot_only $R/eval_settings/
+# does RepWAM seed 0's expert lean on the noisy ℓ it was trained beside? its validation robot loss with ℓ left out
+python benchmarks/expert_reliance.py outputs/hard100_12k_b/runs/wam_repwam_s0 --out $R/expert_reliance_s0.json

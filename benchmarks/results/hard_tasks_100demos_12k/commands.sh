@@ -177,3 +177,12 @@ repwam eval policy --checkpoint outputs/hard100_12k_b/runs/wam_repwam_s0/checkpo
 mkdir -p $R/eval_settings && cp -r outputs/hard100_12k_b/eval_set/wam_repwam_s0_robot_only $R/eval_settings/
 # does RepWAM seed 0's expert lean on the noisy ℓ it was trained beside? its validation robot loss with ℓ left out
 python benchmarks/expert_reliance.py outputs/hard100_12k_b/runs/wam_repwam_s0 --out $R/expert_reliance_s0.json
+# adapt_no_ell seeds 1 and 2 finished and were evaluated (2026-12-07, thirty-second sitting; the two repwam ablate
+# commands above, resumed): the row's three seeds
+cp -r outputs/hard100_12k_n/eval/wam_adapt_no_ell_s1 outputs/hard100_12k_n2/eval/wam_adapt_no_ell_s2 $R/eval/
+python benchmarks/val_losses.py outputs/hard100_12k_n/runs/wam_adapt_no_ell_s1 --out $R/val_losses.json --update
+python benchmarks/val_losses.py outputs/hard100_12k_n2/runs/wam_adapt_no_ell_s2 --out $R/val_losses.json --update
+python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
+repwam ablate --out $R --rows plain latent_policy_recon no_forecast latent_policy_ell repwam adapt_no_ell \
+  latent_policy --seeds 0 1 2 --tasks $H --report-only
+cp $R/ablation.png docs/img/ablation_hard100_12k.png

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from repwam.errors import RepwamError
-from repwam.train.pipeline import DEMO, Pipeline, PipelineConfig, ablation, demo
+from repwam.train.pipeline import DEMO, Job, Pipeline, PipelineConfig, ablation, demo
 
 
 def fake_pipeline(tmp_path, fail: set[str] = frozenset(), graph=None, cores: dict | None = None):
@@ -511,3 +511,53 @@ def test_status_says_where_every_job_stands_and_runs_nothing(tmp_path):
     assert r.exit_code == 0, r.output
     assert "| data | to run |" in r.output and "| train-plain_plain_s0 | to run |" in r.output
     assert not out.exists()
+
+
+def test_runs_and_results_trained_with_other_settings_are_refused(tmp_path):
+    """A finished job is skipped, so what a run under --out (or a result copied in) was trained with must be what
+    its job asks for now: results of another recipe under the same row name (an older default), or of fewer steps,
+    would otherwise be reported as this one's. An unfinished run may still be resumed for more steps."""
+    import dataclasses
+    import json
+    import shutil
+
+    from repwam.train.args import train_args
+    from repwam.train.trainer import run_record
+
+    cfg = PipelineConfig(tasks="reach-v3", adapt_steps=100)
+    job = ablation(tmp_path, cfg, ["adapt_no_ell"], [0]).jobs["train-wam_adapt_no_ell_s0"]
+    args = job.args[2:]
+    i = args.index("--ell-drop")
+    other_recipe = args[:i] + args[i + 2:]
+
+    def record(args, where):
+        c, data, *_ = train_args("wam", args)
+        where.parent.mkdir(parents=True, exist_ok=True)
+        where.write_text(json.dumps(run_record(c, "train wam", data)))
+
+    run_json = job.run_dir / "run.json"
+    record(args, run_json)  # as asked
+    ablation(tmp_path, cfg, ["adapt_no_ell"], [0])
+    more = dataclasses.replace(cfg, adapt_steps=200)
+    ablation(tmp_path, more, ["adapt_no_ell"], [0])  # unfinished: resumed for more steps
+    job.done.write_text("{}")
+    with pytest.raises(RepwamError, match=r"train-wam_adapt_no_ell_s0: .*run.json has optim.steps=100 \(asked: 200\)"):
+        ablation(tmp_path, more, ["adapt_no_ell"], [0])
+    record(other_recipe, run_json)
+    with pytest.raises(RepwamError, match=r"other settings than asked for now:\n.*ell_drop=None \(asked: 1.0\)"):
+        ablation(tmp_path, cfg, ["adapt_no_ell"], [0], record=False)  # --status too
+    # a result copied in without its run carries the run's settings (kept beside it by the evaluation job)
+    shutil.rmtree(job.run_dir)
+    ckpt = tmp_path / "elsewhere" / "runs" / "wam_adapt_no_ell_s0" / "checkpoints" / "last"
+    record(other_recipe, ckpt.parent.parent / "run.json")
+    ev = Job("eval-wam_adapt_no_ell_s0", ["eval", "policy", "--checkpoint", str(ckpt)],
+             tmp_path / "eval" / "wam_adapt_no_ell_s0" / "results.json")
+    ev.done.parent.mkdir(parents=True)
+    Pipeline.keep_run_config(ev)
+    with pytest.raises(RepwamError, match=r"eval/wam_adapt_no_ell_s0/run.json has ell_drop=None \(asked: 1.0\)"):
+        ablation(tmp_path, cfg, ["adapt_no_ell"], [0])
+    # input paths are the jobs a run needs, checked in their own right (a run linked in from another --out records
+    # that one's paths)
+    moved = [a.replace(str(tmp_path), "/another/out") for a in args]
+    record(moved, ev.done.parent / "run.json")
+    ablation(tmp_path, cfg, ["adapt_no_ell"], [0])

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from repwam.config import parse_cli as _parse
 from repwam.errors import RepwamError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="World action models on representation tokenizers.")
@@ -29,60 +30,12 @@ STATUS_HELP = ("print where every job stands (done, to run, skipped; a training 
                "every sitting) and run nothing")
 
 
-def _parse(args: list[str], prog: str, description: str, cfg, fields: list[tuple]):
-    """Parse `args` with tyro into a dataclass of `fields` ((name, type, default[, help])) plus `cfg`, a config
-    dataclass instance whose fields become top-level options (`--teacher none --optim.lr 1e-3`)."""
-    import copy
-    import dataclasses
-    from typing import Annotated
-
-    import tyro
-
-    Args = dataclasses.make_dataclass("Args", [  # real types (this module's annotations are strings)
-        *[(name, Annotated[tp, tyro.conf.arg(help=more[0])] if more else tp,
-           dataclasses.field(default_factory=lambda d=default: copy.copy(d))) for name, tp, default, *more in fields],
-        ("cfg", Annotated[type(cfg), tyro.conf.arg(name="")], dataclasses.field(default_factory=lambda: cfg)),
-    ])
-    return tyro.cli(Args, args=list(args), prog=prog, description=description)
-
-
 def _train(stage: str, args: list[str]) -> None:
     """Parse `repwam train <stage>` options from the stage's config dataclass (tyro) and train."""
-    import importlib
+    from repwam.train.args import train_args
 
-    from repwam.config import from_dict, load_run_config
-
-    module = importlib.import_module(f"repwam.train.{stage}")
-    cfg_cls, recipes, train = module.CONFIG, module.RECIPES, module.train
-    args = list(args)
-    default, data = recipes["default"], []
-
-    def take(flag: str) -> str | None:
-        if flag in args:
-            i = args.index(flag)
-            if i + 1 >= len(args):
-                raise RepwamError(f"{flag} needs a value")
-            value = args[i + 1]
-            del args[i : i + 2]
-            return value
-        return None
-
-    recipe, replay = take("--recipe"), take("--config")
-    if recipe is not None:
-        if recipe not in recipes:
-            raise RepwamError(f"unknown {stage} recipe {recipe!r}; available: {sorted(recipes)}")
-        default = recipes[recipe]
-    if replay is not None:
-        fields, data = load_run_config(replay, stage)
-        default = from_dict(cfg_cls, fields)
-
-    description = (f"Train the {stage} stage. Start from --recipe NAME ({', '.join(sorted(recipes))}) or a saved run "
-                   f"(--config RUN/run.json), then override any field below.")
-    a = _parse(args, f"repwam train {stage}", description, default,
-               [("data", list[str], list(data)), ("out", str, ""), ("resume", bool, False)])
-    if not a.data or not a.out:
-        raise RepwamError(f"repwam train {stage} needs --data DATASET [...] and --out RUN_DIR (see --help)")
-    typer.echo(f"checkpoint: {train(a.cfg, [Path(d) for d in a.data], Path(a.out), resume=a.resume)}")
+    cfg, data, out, resume, train = train_args(stage, args)
+    typer.echo(f"checkpoint: {train(cfg, data, out, resume=resume)}")
 
 
 @data_app.command("generate")

@@ -33,6 +33,22 @@ def from_dict(cls, d: dict):
     return cls(**kw)
 
 
+def parse_cli(args: list[str], prog: str, description: str, cfg, fields: list[tuple]):
+    """Parse `args` with tyro into a dataclass of `fields` ((name, type, default[, help])) plus `cfg`, a config
+    dataclass instance whose fields become top-level options (`--teacher none --optim.lr 1e-3`)."""
+    import copy
+    from typing import Annotated
+
+    import tyro
+
+    Args = dataclasses.make_dataclass("Args", [  # real types (the annotations here are strings)
+        *[(name, Annotated[tp, tyro.conf.arg(help=more[0])] if more else tp,
+           dataclasses.field(default_factory=lambda d=default: copy.copy(d))) for name, tp, default, *more in fields],
+        ("cfg", Annotated[type(cfg), tyro.conf.arg(name="")], dataclasses.field(default_factory=lambda: cfg)),
+    ])
+    return tyro.cli(Args, args=list(args), prog=prog, description=description)
+
+
 def load_run_config(path: str | Path, stage: str) -> tuple[dict, list[str]]:
     """A saved run.json -> (its config fields, its data)."""
     path = Path(path)

@@ -79,6 +79,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -166,6 +167,14 @@ class PipelineConfig:
     # it (BUDGET_SHARES, after FIXED_MINUTES for the rest) as optim.minutes, its steps raised to STEPS_CAP_FACTOR x
     # the settings above as the cap, so the stages train for as long as the budget allows (None: the step counts)
     budget_minutes: float | None = None
+
+
+# a job's run.json settings that are where its inputs are (the jobs it needs, checked in their own right; a run linked
+# in from another --out records that one's paths) and optimisation settings that are how a run runs, not what it
+# learns: neither is compared with what a job asks for (Pipeline.check_recorded)
+INPUT_PATHS = ("data", "tokenizer", "lat", "init", "estimator", "teacher_path")
+HOW_IT_RUNS = ("num_workers", "device", "compile", "activation_checkpointing", "keep_snapshots", "log_every",
+               "image_every", "save_every", "val_items")
 
 
 # budget_minutes: what the chain spends outside training loops (data, teacher features, process start-ups,
@@ -424,7 +433,17 @@ class Pipeline:
         if job.args[0] == "train":
             job.done.parent.mkdir(parents=True, exist_ok=True)
             job.done.write_text(json.dumps({"seconds": time.time() - t0}))
+        if job.args[:2] == ["eval", "policy"]:
+            self.keep_run_config(job)
         return time.time() - t0
+
+    @staticmethod
+    def keep_run_config(job: Job) -> None:
+        """A closed-loop result keeps the settings its policy was trained with (the run's run.json, beside
+        results.json), so results copied into another --out can still be checked (check_recorded)."""
+        run_config = Path(job.args[job.args.index("--checkpoint") + 1]).parent.parent / "run.json"
+        if run_config.exists():
+            shutil.copyfile(run_config, job.done.parent / "run.json")
 
     def wall_seconds(self) -> float:
         """Wall time of every sitting of `run` so far (`<out>/wall.json`)."""
@@ -458,6 +477,38 @@ class Pipeline:
             return memo[n]
 
         return [n for n in self.jobs if needed(n)]
+
+    def check_recorded(self) -> None:
+        """Refuse runs and results under `out` trained with other settings than their jobs ask for now. A finished
+        job is skipped, so results of another recipe (an older default, other steps, other arguments) would otherwise
+        be reported as this one's, and a run resumed under other settings would mix two. The settings a run trained
+        with are its run.json, which its evaluation keeps beside the results (`eval/<run>/run.json`: results copied
+        in from another --out carry it); results from before that copy whose run is gone cannot be checked."""
+        from repwam.train.args import STAGES, train_args
+        from repwam.train.trainer import RESUME_MAY_CHANGE, run_config_changes, run_record
+
+        problems = []
+        for job in self.jobs.values():
+            if job.run_dir is None or job.args[1] not in STAGES:
+                continue
+            # (run.json, finished): a finished run's steps count; an unfinished one may be resumed for more
+            recorded = [(f, finished) for f, finished in ((job.run_dir / "run.json", job.done.exists()),
+                                                          (self.out / "eval" / job.run_dir.name / "run.json", True))
+                        if f.exists()]
+            if not recorded:
+                continue
+            cfg, data, *_ = train_args(job.args[1], job.args[2:])
+            asked, defaults = run_record(cfg, f"train {job.args[1]}", data), asdict(type(cfg)())
+            for f, finished in recorded:
+                may_change = HOW_IT_RUNS + (() if finished else RESUME_MAY_CHANGE)
+                changed = run_config_changes(json.loads(f.read_text()), asked, defaults, may_change, INPUT_PATHS)
+                if changed:
+                    problems.append(f"  {job.name}: {f} has " + ", ".join(f"{k}={a!r} (asked: {b!r})"
+                                                                        for k, (a, b) in changed.items()))
+        if problems:
+            raise RepwamError(f"{self.out} holds runs or results trained with other settings than asked for now:\n"
+                              + "\n".join(problems) + "\nuse another --out, or delete those runs and results "
+                              "(runs/<run>, eval/<run>) to train them again")
 
     def status(self) -> list[dict]:
         """Where every job stands, without running anything: `done` (its proof is there), `to run` (pending) or
@@ -597,6 +648,7 @@ def ablation(out: str | Path, cfg: PipelineConfig, rows: list[str], seeds: list[
     for row in rows:
         for seed in seeds:
             p.row(row, seed)
+    p.check_recorded()
     if not record:  # a look (--status): --out is left as it is
         return p
     (p.out).mkdir(parents=True, exist_ok=True)
@@ -618,6 +670,7 @@ def demo(out: str | Path, cfg: PipelineConfig = DEMO, record: bool = True) -> Pi
     p.row("repwam", 0)
     p.row("plain", 0)
     p.inspect("default", "wampre_repwam_s0")
+    p.check_recorded()
     if not record:
         return p
     p.out.mkdir(parents=True, exist_ok=True)

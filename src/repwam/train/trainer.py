@@ -448,15 +448,7 @@ class Trainer:
         run_config = json.loads(json.dumps(run_config, default=str))
         run_file = self.out / "run.json"
         if resume and has_state and run_file.exists():
-            previous = json.loads(run_file.read_text())
-            defaults = json.loads(json.dumps(defaults, default=str))
-            old = {**{k: v for k, v in defaults.items() if k != "optim"}, **previous}
-            old_o = {**defaults.get("optim", {}), **previous.get("optim", {})}
-            new_o = run_config.get("optim", {})
-            changed = {k: (old.get(k), v) for k, v in run_config.items() if k != "optim" and old.get(k) != v}
-            # the number of steps may grow on resume; nothing else of the optimisation may change but how it runs
-            changed.update({f"optim.{k}": (old_o.get(k), v) for k, v in new_o.items()
-                            if k not in RESUME_MAY_CHANGE and old_o.get(k) != v})
+            changed = run_config_changes(json.loads(run_file.read_text()), run_config, defaults)
             if changed:
                 raise RepwamError(f"cannot resume {self.out}: the run was started with other settings {changed}")
         tmp = run_file.with_suffix(".tmp")
@@ -763,6 +755,22 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         return last
+
+
+def run_config_changes(recorded: dict, asked: dict, defaults: dict, may_change=RESUME_MAY_CHANGE,
+                       ignore=()) -> dict[str, tuple]:
+    """{setting: (recorded, asked)} of what differs between a run's run.json and the run config asked for now.
+    defaults: the stage config's defaults, which stand in for settings the recorded run did not know (added since);
+    may_change: optimisation settings that may differ (the number of steps may grow on resume; the rest is how the
+    run runs, not what it learns); ignore: top-level settings left out (e.g. input paths checked elsewhere)."""
+    defaults = json.loads(json.dumps(defaults, default=str))
+    asked = json.loads(json.dumps(asked, default=str))
+    old = {**{k: v for k, v in defaults.items() if k != "optim"}, **recorded}
+    old_o = {**defaults.get("optim", {}), **recorded.get("optim", {})}
+    changed = {k: (old.get(k), v) for k, v in asked.items() if k not in ("optim", *ignore) and old.get(k) != v}
+    changed.update({f"optim.{k}": (old_o.get(k), v) for k, v in asked.get("optim", {}).items()
+                    if k not in may_change and old_o.get(k) != v})
+    return changed
 
 
 def run_record(cfg, command: str, data: list) -> dict:

@@ -32,6 +32,8 @@ def test_repwam_demo_writes_a_sane_report(tmp_path):
     for name in ("wam_repwam_s0", "plain_plain_s0"):
         res = json.loads((out / "eval" / name / "results.json").read_text())
         assert 0 <= res["mean"]["success_rate"] <= 1
+        # the result keeps the settings its run trained with (what a rerun checks it against)
+        assert (out / "eval" / name / "run.json").read_text() == (out / "runs" / name / "run.json").read_text()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     for run in (out / "runs").iterdir():

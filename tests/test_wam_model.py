@@ -319,7 +319,7 @@ def reference_rollout(model, first, text, text_mask, chunks, k, steps, cfg_scale
     """Sampling by full recomputation: every Euler step reruns the teacher-forcing pass over the whole history.
 
     first: {"z": (B, 1, L, DV), "state": (B, 1, DS)}; chunks: [{"mode", "noise", "state", "observed"}] where mode is
-    "full", "actions_only" (then "observed" z is appended) or "robot_only".
+    "full", "actions_only" (then "observed" z is appended), "no_ell" (video and robot, no ℓ) or "robot_only".
     """
     c = model.cfg
     vs, acs = steps
@@ -328,7 +328,7 @@ def reference_rollout(model, first, text, text_mask, chunks, k, steps, cfg_scale
     heads = {"z": "video", "ell": "action", "robot": "robot"}
     out = []
     for ch in chunks:
-        drop_video, drop_ell = ch["mode"] != "full", ch["mode"] == "robot_only"
+        drop_video, drop_ell = ch["mode"] not in ("full", "no_ell"), ch["mode"] in ("robot_only", "no_ell")
         n_prev = hist["z"].shape[1] - 1  # noisy frames before this chunk (placeholders: their outputs are unused)
 
         def velocity(x, a, text_emb=text, mask=text_mask):
@@ -376,7 +376,7 @@ ANCHORS = {"last_frame_cond": True, "video_target": "residual", "last_state_cond
 def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot, extra):
     model = scrambled(attn_window=window, **(ROBOT if robot else {}), **extra)
     B, k, steps = 2, 2, (2, 3)  # 9 latent frames, longer than the window of 3
-    modes = ["full", "actions_only", "full", "robot_only"] if robot else ["full", "full", "full", "actions_only"]
+    modes = ["full", "actions_only", "no_ell", "robot_only"] if robot else ["full", "full", "full", "actions_only"]
     batch = clip(B, 1, robot=True)
     g = torch.Generator().manual_seed(5)
     chunks = [{"mode": mode, "state": torch.randn(B, k, DS, generator=g),
@@ -392,12 +392,14 @@ def test_kv_cache_sampling_matches_full_recomputation(window, cfg_scale, robot, 
         sizes = []
         for i, (ch, r) in enumerate(zip(chunks, ref)):
             out = model.sample_chunk(cache, k, noise=ch["noise"], video_steps=steps[0], action_steps=steps[1],
-                                     actions_only=ch["mode"] == "actions_only", robot_only=ch["mode"] == "robot_only")
+                                     actions_only=ch["mode"] == "actions_only", robot_only=ch["mode"] == "robot_only",
+                                     ell=ch["mode"] != "no_ell")
             assert set(r) == {key for key, v in out.items() if v is not None}, i
             for key in r:
                 assert torch.allclose(out[key], r[key], atol=1e-4), (i, key)
-            if i < len(chunks) - 1:  # ell=None, robot=None: the actions just sampled
-                model.append(cache, r.get("z", ch["observed"]), state=ch["state"] if robot else None)
+            if i < len(chunks) - 1:  # ell=None, robot=None: the actions just sampled (ℓ given where none was)
+                model.append(cache, r.get("z", ch["observed"]), state=ch["state"] if robot else None,
+                             ell=torch.zeros(B, k, A) if ch["mode"] == "no_ell" else None)
                 sizes.append(cache.num_tokens)
     if window is not None:  # the cache holds the last window-1 latent frames only
         robot_tokens = 0 if extra.get("robot_history") is False else PER if extra.get("robot_token_per_action") else 1
@@ -530,7 +532,11 @@ def test_robot_only_runs_the_robot_stream_alone():
     assert out["z"].shape == (2, 3, L, DV) and out["ell"].shape == (2, 3, A) and out["robot"].shape == (2, 3, PER, AR)
     assert calls["video"] == calls["action"] == calls["robot"] == 6 * depth
     assert calls["video_head"] == 2 and calls["action_head"] == calls["robot_head"] == 4  # one pass per action step
-    with pytest.raises(RepwamError, match="robot_only needs the robot stream"):
+    calls.clear()
+    out = model.sample_chunk(cache, 3, ell=False, video_steps=2, action_steps=4)  # no ℓ: video, then robot
+    assert out["z"].shape == (2, 3, L, DV) and out["ell"] is None and out["robot"].shape == (2, 3, PER, AR)
+    assert calls["action"] == calls["action_head"] == 0 and calls["video_head"] == 2 and calls["robot_head"] == 4
+    with pytest.raises(RepwamError, match="robot_only and ell=False need the robot stream"):
         scrambled().sample_chunk(cache, 2, robot_only=True)
 
 

@@ -484,8 +484,8 @@ def test_adapt_weighs_a_loss_term_as_asked(wam_ckpt, tiny_dataset, flag, field, 
 
 def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, monkeypatch):
     """--ell-drop 1: the adaptation never denoises ℓ (the robot's actions take the latent actions' place), its
-    validation leaves ℓ out too, and its policy acts robot-only by default and refuses to denoise ℓ; bad values are
-    refused."""
+    validation leaves ℓ out too, and its policy acts robot-only by default, refuses to denoise ℓ and imagines the
+    future without it; bad values are refused."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
     from repwam.train.wam import WAMStage
@@ -519,6 +519,11 @@ def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, mon
     assert np.isfinite(policy.infer(_episode_obs(ds, 0, 0))["actions"]).all()
     with pytest.raises(RepwamError, match="run it with robot_only=true"):
         load_policy(ckpt, robot_only=False)
+    # it still imagines the future (the forecast was trained beside the actions, without ℓ): video, then actions
+    policy = load_policy(ckpt, chunk=1, actions_only=False, imagine=True)
+    policy.reset(ds.episode_task(0))
+    out = policy.infer(_episode_obs(ds, 0, 0))
+    assert np.isfinite(out["actions"]).all() and out["imagined"].dtype == np.uint8 and out["imagined"].ndim == 4
 
 
 def test_latent_policy_from_scratch_acts(tiny_tokenizer, tiny_lat, tiny_dataset, tmp_path):

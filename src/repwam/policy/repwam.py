@@ -12,7 +12,7 @@ Timeline (temporal_patch tp = 4 raw steps per latent frame, chunk of k latent fr
 The history therefore holds real observed latents only (never imagined ones), chunked exactly as in training.
 `execute` actions per plan, k·tp by default (receding horizon by chunks); fewer, a multiple of tp, plans k latent
 frames ahead and runs only the first execute/tp of them (the plain policy's plan-16-run-8), appended as a shorter
-clean chunk; `actions_only` skips denoising the video stream (and ℓ with `robot_only`), the fast control mode.
+clean chunk; `actions_only` skips denoising the video stream and `robot_only` ℓ (both: the fast control mode).
 
 The same transforms as training and the server (repwam.data.transforms): image_to_model, the state and action
 Normalizers saved in the WAM checkpoint, and the server's observation check (repwam.serve.validate_observation).
@@ -234,7 +234,7 @@ class RepWAMPolicy:
     def _plan(self) -> dict[str, np.ndarray]:
         ep = self._episode
         out = self.model.sample_chunk(ep["cache"], self.k, actions_only=self.actions_only,
-                                      robot_only=self.robot_only, generator=ep["generator"],
+                                      ell=not self.robot_only, generator=ep["generator"],
                                       action_steps=self.action_steps, video_steps=self.video_steps)
         robot = out["robot"][0].reshape(self.k * self.per, -1)  # (k·per, A) normalised
         ep["queue"] = list(robot[: self.execute].float().numpy())

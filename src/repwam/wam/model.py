@@ -1539,7 +1539,7 @@ class WorldActionModel(Pretrained, nn.Module):
         [robot stream], normalised; state (B, n, D_s) [state tokens]: the states observed at these
         frames, normalised (required: a clean frame always has its state in training). ell and robot
         may be left out for a first single frame, or right after sample_chunk of n frames (the sampled
-        ones are used; after robot_only no ℓ was sampled: pass the LAT's ℓ of the observed frames).
+        ones are used; after robot_only or ell=False no ℓ was sampled: pass the LAT's ℓ of the observed frames).
         Append chunks of the size they were sampled in: a chunk is full attention inside.
         """
         c = self.cfg
@@ -1564,7 +1564,7 @@ class WorldActionModel(Pretrained, nn.Module):
             )
 
         ell = leading(ell, cache.last_ell, "ell", (B, n_act, c.action_dim), "the latent actions leading into these "
-                      "frames (after a robot_only chunk: the LAT's ℓ of the observed frames)")
+                      "frames (after a chunk sampled without ℓ: the LAT's ℓ of the observed frames)")
         robot = leading(robot, cache.last_robot, "robot", (B, n_act, c.robot_per_frame, c.robot_action_dim),
                         "the robot actions executed into these frames")
         self._check_given(ell=ell, robot=robot, state=state)
@@ -1653,28 +1653,31 @@ class WorldActionModel(Pretrained, nn.Module):
 
     @torch.no_grad()
     def sample_chunk(self, cache: WAMCache, k: int | None = None, *, noise: dict | None = None,
-                     actions_only: bool = False, robot_only: bool = False, video_steps: int | None = None,
-                     action_steps: int | None = None, generator: torch.Generator | None = None) -> dict:
+                     actions_only: bool = False, robot_only: bool = False, ell: bool = True,
+                     video_steps: int | None = None, action_steps: int | None = None,
+                     generator: torch.Generator | None = None) -> dict:
         """Generate the next chunk of k latent frames after the cached history (which is not changed).
 
         noise: {"z": (B, k, L, d_v), "ell": (B, k, A), "robot": (B, k, per, A_r)} starting points (default:
         standard normal, drawn with `generator` when given). Phase 1: video_steps Euler steps on the video
         (ℓ and robot held at noise, alpha 0; CFG with the cache's cfg_scale). Phase 2: action_steps Euler
         steps on ℓ and robot actions together given the denoised video (alpha 1). actions_only: no video
-        tokens for this chunk, phase 2 only; robot_only: no video and no ℓ tokens either, phase 2 on the
-        robot tokens only (the fastest control mode).
+        tokens for this chunk, phase 2 only; ell=False: no ℓ tokens (a model adapted with ell_drop 1, which never
+        denoised ℓ beside the actions: its forecast and actions are sampled without them); robot_only: no video and
+        no ℓ tokens either (actions_only with ell=False), phase 2 on the robot tokens only (the fastest control
+        mode).
         Returns {"z": (B, k, L, d_v) or None, "ell": (B, k, A) or None, "robot": (B, k, per, A_r) or None}
         (None: not generated, or the model has no such stream); ell and robot are kept for `append`.
         """
         c = self.cfg
         k = k or c.chunk_size
-        if robot_only and not c.has(ROBOT):
-            raise RepwamError("robot_only needs the robot stream (robot_action_dim > 0)")
+        if (robot_only or not ell) and not c.has(ROBOT):
+            raise RepwamError("robot_only and ell=False need the robot stream (robot_action_dim > 0)")
         if cache.next_frame == 0:
             raise RepwamError("the cache is empty: append the first observed latent frame before sampling")
         self._check_length(cache.next_frame + k, "the history plus the sampled chunk")
-        groups = [g for g, on in ((VIDEO, not (actions_only or robot_only)), (ACTION, not robot_only), (ROBOT, True))
-                  if on and c.has(g)]
+        groups = [g for g, on in ((VIDEO, not (actions_only or robot_only)), (ACTION, ell and not robot_only),
+                                  (ROBOT, True)) if on and c.has(g)]
         acts = [g for g in groups if g != VIDEO]
         if not acts and VIDEO not in groups:
             raise RepwamError("actions_only on a WAM without ℓ and robot streams samples nothing")

@@ -186,3 +186,20 @@ python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.js
 repwam ablate --out $R --rows plain latent_policy_recon no_forecast latent_policy_ell repwam adapt_no_ell \
   latent_policy --seeds 0 1 2 --tasks $H --report-only
 cp $R/ablation.png docs/img/ablation_hard100_12k.png
+# the evaluations now keep their run's run.json; the results copied in above whose runs were still on disk got it
+# by hand (2026-12-07, thirty-third sitting): repwam ablate refuses results trained with other settings than asked
+for d in $R/eval/*/; do
+  f=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['settings']['policy']['kwargs']['path'])" \
+      $d/results.json)
+  [ -e "$(dirname $(dirname $f))/run.json" ] && [ ! -e $d/run.json ] && cp "$(dirname $(dirname $f))/run.json" $d/
+done
+# joint_no_ell seed 0 (the action expert and the forecast from scratch, no ℓ, no pretraining: latent_policy that also
+# learns to forecast), on seed 0's data, tokenizer and LAT, one core (started in the thirty-third sitting in place of
+# latent_policy_ell seed 1, stopped at step 1,500: seed 0's command above with --seeds 1 resumes it)
+O=outputs/hard100_12k_j
+mkdir -p $O/data $O/runs
+ln -s ../../hard100_12k_b/data/reach-v3+push-v3+pick-place-v3+peg-insert-side-v3 $O/data/
+for r in tok_default lat_default; do ln -s ../../hard100_12k_b/runs/$r $O/runs/; done
+repwam ablate --out $O --rows joint_no_ell --seeds 0 --tasks $H --episodes-per-task 100 \
+  --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
+  --jobs 1 --eval-workers 1 --keep-snapshots 12

@@ -72,6 +72,7 @@ import torch
 from tqdm import tqdm
 
 from repwam.errors import RepwamError
+from repwam.train.muon import Muon
 from repwam.train.progress import write_progress
 
 OPTIMIZERS = ("adamw", "muon")
@@ -465,8 +466,7 @@ class Trainer:
         opts = [torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2))]
         if muon_params:
             # match_rms_adamw: updates scaled to AdamW's RMS, so muon_lr means the same thing at every width
-            opts.append(torch.optim.Muon(muon_params, lr=o.muon_lr, weight_decay=o.weight_decay,
-                                         adjust_lr_fn="match_rms_adamw"))
+            opts.append(Muon(muon_params, lr=o.muon_lr, weight_decay=o.weight_decay, adjust_lr_fn="match_rms_adamw"))
         return opts
 
     @property

@@ -8,3 +8,14 @@ export OMP_NUM_THREADS=1
 .venv/bin/repwam ablate --out outputs/mt10camr --rows adapt_no_ell --seeds $1 --tasks mt10 --episodes-per-task 20 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 8000 --plain-steps 8000 --eval-episodes 20 \
   --estimator-cameras corner3,corner --estimator-layouts-per-task 80 --jobs 1 --eval-workers 1 --keep-snapshots 8
+# Seed 0 (2026-12-07, thirty-third sitting): resumed at step 3,500 under the float32 Muon (the float32 Newton–Schulz
+# iterations from there on); evaluated on both cores by hand (outputs/mt10_eval2.sh: the pipeline's evaluation
+# stopped, joint_no_ell's trainer paused meanwhile), the same command with --workers 2:
+#   repwam eval policy --checkpoint outputs/mt10camr/runs/wam_adapt_no_ell_s0/checkpoints/last --tasks mt10 \
+#     --episodes 20 --seed 0 --workers 2 --out outputs/mt10camr/eval/wam_adapt_no_ell_s0 --videos 1
+#   cp outputs/mt10camr/runs/wam_adapt_no_ell_s0/run.json outputs/mt10camr/eval/wam_adapt_no_ell_s0/
+# then, for the table:
+#   R=benchmarks/results/mt10_adapt8000
+#   cp -r outputs/mt10camr/eval/wam_adapt_no_ell_s0 $R/eval/
+#   python benchmarks/val_losses.py outputs/mt10camr/runs/wam_adapt_no_ell_s0 --out $R/val_losses_adapt_no_ell.json
+#   repwam ablate --out $R --rows plain repwam adapt_no_ell latent_policy --seeds 0 1 2 --report-only

@@ -10,9 +10,8 @@ resumes from either).
 
 from __future__ import annotations
 
-import math
-
 import torch
+from torch.optim._muon import _adjust_lr  # torch's learning-rate adjustment, as its Muon applies it
 
 
 def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
@@ -27,16 +26,6 @@ def orthogonalize(g: torch.Tensor, coefficients: tuple[float, float, float], ste
         gram = x @ x.T
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return x.T if tall else x
-
-
-def lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
-    """torch.optim.Muon's learning-rate adjustment for a (rows, cols) matrix."""
-    rows, cols = shape[:2]
-    if adjust_lr_fn in (None, "original"):
-        return math.sqrt(max(1, rows / cols))
-    if adjust_lr_fn == "match_rms_adamw":  # updates at AdamW's RMS: the same lr means the same at every width
-        return 0.2 * math.sqrt(max(rows, cols))
-    return 1.0
 
 
 class Muon(torch.optim.Muon):
@@ -62,5 +51,5 @@ class Muon(torch.optim.Muon):
                 dtype = self.ns_dtype or (torch.bfloat16 if update.is_cuda else torch.float32)
                 update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"], dtype)
                 p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr * lr_ratio(group["adjust_lr_fn"], p.shape))
+                p.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], p.shape))
         return loss

@@ -1671,13 +1671,14 @@ class WorldActionModel(Pretrained, nn.Module):
         """
         c = self.cfg
         k = k or c.chunk_size
-        if (robot_only or not ell) and not c.has(ROBOT):
+        if robot_only:  # shorthand for both
+            actions_only, ell = True, False
+        if not ell and not c.has(ROBOT):
             raise RepwamError("robot_only and ell=False need the robot stream (robot_action_dim > 0)")
         if cache.next_frame == 0:
             raise RepwamError("the cache is empty: append the first observed latent frame before sampling")
         self._check_length(cache.next_frame + k, "the history plus the sampled chunk")
-        groups = [g for g, on in ((VIDEO, not (actions_only or robot_only)), (ACTION, ell and not robot_only),
-                                  (ROBOT, True)) if on and c.has(g)]
+        groups = [g for g, on in ((VIDEO, not actions_only), (ACTION, ell), (ROBOT, True)) if on and c.has(g)]
         acts = [g for g in groups if g != VIDEO]
         if not acts and VIDEO not in groups:
             raise RepwamError("actions_only on a WAM without ℓ and robot streams samples nothing")

@@ -203,3 +203,10 @@ for r in tok_default lat_default; do ln -s ../../hard100_12k_b/runs/$r $O/runs/;
 repwam ablate --out $O --rows joint_no_ell --seeds 0 --tasks $H --episodes-per-task 100 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 12000 --plain-steps 12000 --eval-episodes 20 \
   --jobs 1 --eval-workers 1 --keep-snapshots 12
+# joint_no_ell seed 0 finished and was evaluated (2026-12-07, thirty-fourth sitting; the command above, resumed)
+cp -r outputs/hard100_12k_j/eval/wam_joint_no_ell_s0 $R/eval/
+python benchmarks/val_losses.py outputs/hard100_12k_j/runs/wam_joint_no_ell_s0 --out $R/val_losses.json --update
+python benchmarks/where_episodes_end.py $R/eval/* --out $R/where_episodes_end.json
+repwam ablate --out $R --rows plain latent_policy_recon no_forecast latent_policy_ell repwam adapt_no_ell \
+  latent_policy joint_no_ell --seeds 0 1 2 --tasks $H --report-only
+cp $R/ablation.png docs/img/ablation_hard100_12k.png

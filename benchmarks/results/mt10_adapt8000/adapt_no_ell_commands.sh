@@ -19,3 +19,8 @@ export OMP_NUM_THREADS=1
 #   cp -r outputs/mt10camr/eval/wam_adapt_no_ell_s0 $R/eval/
 #   python benchmarks/val_losses.py outputs/mt10camr/runs/wam_adapt_no_ell_s0 --out $R/val_losses_adapt_no_ell.json
 #   repwam ablate --out $R --rows plain repwam adapt_no_ell latent_policy --seeds 0 1 2 --report-only
+# Seed 1 (2026-12-07, thirty-fourth sitting): this script with 1, evaluated by the pipeline on one worker; then
+#   cp -r outputs/mt10camr/eval/wam_adapt_no_ell_s1 $R/eval/
+#   python benchmarks/val_losses.py outputs/mt10camr/runs/wam_adapt_no_ell_s1 --out $R/val_losses_adapt_no_ell.json \
+#     --update
+#   repwam ablate --out $R --rows plain repwam adapt_no_ell latent_policy --seeds 0 1 2 --tasks mt10 --report-only

@@ -24,3 +24,10 @@ export OMP_NUM_THREADS=1
 #   python benchmarks/val_losses.py outputs/mt10camr/runs/wam_adapt_no_ell_s1 --out $R/val_losses_adapt_no_ell.json \
 #     --update
 #   repwam ablate --out $R --rows plain repwam adapt_no_ell latent_policy --seeds 0 1 2 --tasks mt10 --report-only
+# Seed 2 (2026-12-07, thirty-fifth sitting): this script with 2 (outputs/ had been lost: data, tokenizer and LAT
+# regenerated), evaluated by the pipeline on one worker; then
+#   cp -r outputs/mt10camr/eval/wam_adapt_no_ell_s2 $R/eval/   (without videos/)
+#   cp outputs/mt10camr/timings.json $R/timings_adapt_no_ell_s2.json
+#   python benchmarks/val_losses.py outputs/mt10camr/runs/wam_adapt_no_ell_s2 --out $R/val_losses_adapt_no_ell.json \
+#     --update
+#   repwam ablate --out $R --rows plain repwam adapt_no_ell latent_policy --seeds 0 1 2 --tasks mt10 --report-only

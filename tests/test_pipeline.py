@@ -208,12 +208,21 @@ def test_rows_build_the_documented_job_graphs(tmp_path):
     assert le["train-wam_latent_policy_ell_s0"].needs == ["train-lat_default", "data"] and "--init" not in args
     assert args[args.index("--recipe") + 1] == "joint" and args[args.index("--video-drop") + 1] == "1"
     assert args[args.index("--optim.steps") + 1] == str(cfg.plain_steps) and "eval-wam_latent_policy_ell_s0" in le
-    # adapt_no_ell: adapts repwam's own pretraining with ℓ left out of every batch; the pretraining still learns ℓ
-    an = ablation(tmp_path / "an", cfg, ["repwam", "adapt_no_ell"], [0]).jobs
-    assert an["train-wam_adapt_no_ell_s0"].needs == ["train-wampre_repwam_s0", "data"]
-    args = an["train-wam_adapt_no_ell_s0"].args
-    assert args[args.index("--ell-drop") + 1] == "1" and args[args.index("--recipe") + 1] == "adapt"
-    assert "--ell-drop" not in an["train-wampre_repwam_s0"].args + an["train-wam_repwam_s0"].args
+    # repwam adapts with ℓ left out (the adapt recipe's default), adapt_no_ell says so explicitly and repwam_ell
+    # denoises ℓ beside the actions (the default before); both share repwam's pretraining, which still learns ℓ
+    from repwam.train.args import train_args
+
+    an = ablation(tmp_path / "an", cfg, ["repwam", "adapt_no_ell", "repwam_ell"], [0]).jobs
+    ell_drop = {}
+    for row, flag in (("repwam", None), ("adapt_no_ell", "1"), ("repwam_ell", "0.25")):
+        assert an[f"train-wam_{row}_s0"].needs == ["train-wampre_repwam_s0", "data"]
+        args = an[f"train-wam_{row}_s0"].args
+        assert args[args.index("--recipe") + 1] == "adapt"
+        assert (args[args.index("--ell-drop") + 1] if "--ell-drop" in args else None) == flag
+        ell_drop[row] = train_args("wam", args[2:])[0].ell_drop
+    assert ell_drop == {"repwam": 1.0, "adapt_no_ell": 1.0, "repwam_ell": 0.25}
+    assert "--ell-drop" not in an["train-wampre_repwam_s0"].args
+    assert train_args("wam", an["train-wampre_repwam_s0"].args[2:])[0].ell_drop is None
     # latent_policy on the reconstruction-only tokenizer's latents and on the frozen teacher's features
     for row, recipe in (("latent_policy_recon", "none"), ("latent_policy_teacher", "teacher")):
         jobs = ablation(tmp_path / row, cfg, [row], [0]).jobs
@@ -528,7 +537,7 @@ def test_runs_and_results_trained_with_other_settings_are_refused(tmp_path):
     job = ablation(tmp_path, cfg, ["adapt_no_ell"], [0]).jobs["train-wam_adapt_no_ell_s0"]
     args = job.args[2:]
     i = args.index("--ell-drop")
-    other_recipe = args[:i] + args[i + 2:]
+    other_recipe = args[:i] + ["--ell-drop", "0.25"] + args[i + 2:]  # ℓ denoised beside the actions
 
     def record(args, where):
         c, data, *_ = train_args("wam", args)
@@ -544,7 +553,7 @@ def test_runs_and_results_trained_with_other_settings_are_refused(tmp_path):
     with pytest.raises(RepwamError, match=r"train-wam_adapt_no_ell_s0: .*run.json has optim.steps=100 \(asked: 200\)"):
         ablation(tmp_path, more, ["adapt_no_ell"], [0])
     record(other_recipe, run_json)
-    with pytest.raises(RepwamError, match=r"other settings than asked for now:\n.*ell_drop=None \(asked: 1.0\)"):
+    with pytest.raises(RepwamError, match=r"other settings than asked for now:\n.*ell_drop=0.25 \(asked: 1.0\)"):
         ablation(tmp_path, cfg, ["adapt_no_ell"], [0], record=False)  # --status too
     # a result copied in without its run carries the run's settings (kept beside it by the evaluation job)
     shutil.rmtree(job.run_dir)
@@ -554,10 +563,23 @@ def test_runs_and_results_trained_with_other_settings_are_refused(tmp_path):
              tmp_path / "eval" / "wam_adapt_no_ell_s0" / "results.json")
     ev.done.parent.mkdir(parents=True)
     Pipeline.keep_run_config(ev)
-    with pytest.raises(RepwamError, match=r"eval/wam_adapt_no_ell_s0/run.json has ell_drop=None \(asked: 1.0\)"):
+    with pytest.raises(RepwamError, match=r"eval/wam_adapt_no_ell_s0/run.json has ell_drop=0.25 \(asked: 1.0\)"):
         ablation(tmp_path, cfg, ["adapt_no_ell"], [0])
     # input paths are the jobs a run needs, checked in their own right (a run linked in from another --out records
     # that one's paths)
     moved = [a.replace(str(tmp_path), "/another/out") for a in args]
     record(moved, ev.done.parent / "run.json")
     ablation(tmp_path, cfg, ["adapt_no_ell"], [0])
+    # results from before ℓ was left out by default recorded ell_drop None (or, older, nothing) for the model's 0.25:
+    # read as such, they are repwam_ell's, and refused as repwam's
+    new = ablation(tmp_path / "legacy", cfg, ["repwam", "repwam_ell"], [0])
+    ell_args = new.jobs["train-wam_repwam_ell_s0"].args[2:]
+    for legacy in ({"ell_drop": None}, {}):
+        for row in ("repwam", "repwam_ell"):
+            f = tmp_path / "legacy" / "eval" / f"wam_{row}_s0" / "run.json"
+            record(ell_args, f)
+            rec = {k: v for k, v in json.loads(f.read_text()).items() if k != "ell_drop"}
+            f.write_text(json.dumps({**rec, **legacy}))
+        with pytest.raises(RepwamError, match=r"wam_repwam_s0/run.json has ell_drop=0.25 \(asked: 1.0\)\nuse another"):
+            ablation(tmp_path / "legacy", cfg, ["repwam", "repwam_ell"], [0])
+        ablation(tmp_path / "legacy", cfg, ["repwam_ell"], [0])

@@ -11,7 +11,8 @@ import torch
 
 from repwam.checkpoint import weights_hash
 from repwam.errors import RepwamError
-from repwam.train.trainer import OptimConfig
+from repwam.train.args import train_args
+from repwam.train.trainer import OptimConfig, run_record
 from repwam.train.wam import WAMTrainConfig, train_wam
 from repwam.wam.model import WorldActionModel
 
@@ -483,8 +484,8 @@ def test_adapt_weighs_a_loss_term_as_asked(wam_ckpt, tiny_dataset, flag, field, 
 
 
 def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, monkeypatch):
-    """--ell-drop 1: the adaptation never denoises ℓ (the robot's actions take the latent actions' place), its
-    validation leaves ℓ out too, and its policy acts robot-only by default, refuses to denoise ℓ and imagines the
+    """--ell-drop 1, the adaptation's default: it never denoises ℓ (the robot's actions take the latent actions'
+    place), its validation leaves ℓ out too, and its policy acts robot-only by default, refuses to denoise ℓ and imagines the
     future without it; bad values are refused."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
@@ -496,8 +497,22 @@ def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, mon
         WAMTrainConfig(stage="joint", use_latent_actions=False, ell_drop=1.0)
     with pytest.raises(RepwamError, match="needs --stage adapt or joint"):
         WAMTrainConfig(ell_drop=1.0)
+    with pytest.raises(RepwamError, match="with latent actions"):
+        WAMTrainConfig(stage="adapt", use_latent_actions=False, ell_drop=0.5)
+    # the default: 1.0 at adapt (recorded as such), the model's at joint, nothing to leave out without ℓ
+    assert WAMTrainConfig(stage="adapt").ell_drop == 1.0 and WAMTrainConfig(stage="joint").ell_drop is None
+    assert WAMTrainConfig(stage="adapt", use_latent_actions=False).ell_drop is None
+    io = ["--data", str(tiny_dataset), "--out", str(tmp_path / "x")]
+    assert train_args("wam", ["--recipe", "adapt", "--no-use-latent-actions", *io])[0].ell_drop is None
+    assert train_args("wam", ["--recipe", "adapt", "--ell-drop", "0.25", *io])[0].ell_drop == 0.25
+    # a run recorded before the default changed (ell_drop null at adapt: the model's 0.25) replays as it ran
+    legacy = {**run_record(WAMTrainConfig(stage="adapt", ell_drop=0.25), "train wam", [tiny_dataset]),
+              "ell_drop": None}
+    (tmp_path / "legacy.json").write_text(json.dumps(legacy))
+    assert train_args("wam", ["--config", str(tmp_path / "legacy.json"), "--out", str(tmp_path / "x")])[0].ell_drop \
+        == 0.25
     cfg = WAMTrainConfig(stage="adapt", init=str(wam_ckpt), clip_frames=4, attn_window=3, val_fraction=0.34,
-                         ell_drop=1.0, optim=OptimConfig(steps=2, batch_size=4, warmup=1, save_every=2, val_items=8))
+                         optim=OptimConfig(steps=2, batch_size=4, warmup=1, save_every=2, val_items=8))
     st = WAMStage(cfg, [tiny_dataset], progress=False)
     assert st.model.cfg.ell_drop == 1.0
     batch = st.collate_fn([st.train_set[i] for i in range(4)])

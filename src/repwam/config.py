@@ -49,6 +49,16 @@ def parse_cli(args: list[str], prog: str, description: str, cfg, fields: list[tu
     return tyro.cli(Args, args=list(args), prog=prog, description=description)
 
 
+def read_record(run: dict) -> dict:
+    """A run.json as today's code reads it: a setting whose default changed meaning gets the value it stood for
+    when the run was recorded. `train wam --stage adapt` with latent actions recorded ell_drop None (or nothing)
+    for the pretrained model's 0.25 (ℓ denoised beside the actions) until 2026-12-07; it now resolves to 1.0."""
+    if (run.get("command") == "train wam" and run.get("stage") == "adapt" and run.get("use_latent_actions", True)
+            and run.get("ell_drop") is None):
+        run = {**run, "ell_drop": 0.25}
+    return run
+
+
 def load_run_config(path: str | Path, stage: str) -> tuple[dict, list[str]]:
     """A saved run.json -> (its config fields, its data)."""
     path = Path(path)
@@ -62,6 +72,7 @@ def load_run_config(path: str | Path, stage: str) -> tuple[dict, list[str]]:
         raise RepwamError(f"{path} is not valid JSON: {e}") from None
     if run.get("command") != f"train {stage}":
         raise RepwamError(f"{path} is a {run.get('command')!r} run, not a 'train {stage}' run")
+    run = read_record(run)
     data = run.pop("data", [])
     run.pop("command")
     return run, data

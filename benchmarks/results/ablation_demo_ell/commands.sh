@@ -3,6 +3,8 @@
 # ℓ left out of the adaptation (the branch's default, --ell-drop 1) and `repwam_ell` (--ell-drop 0.25, the recipe
 # every earlier `repwam` result measured) on the same tokenizer, LAT and pretrainings, seeds 0-2, one core; the
 # demo's settings. Run from the branch's worktree sources (PYTHONPATH) with main's .venv; resumes when run again.
+# The branch was lost with its worktree; the same change is on main since 2026-12-07 (thirty-sixth sitting), so
+# today the same command runs without PYTHONPATH.
 cd /work/main
 export OMP_NUM_THREADS=1 PYTHONPATH=/work/wt_ell/src
 T=reach-v3,push-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3

@@ -1,4 +1,9 @@
 #!/bin/bash
+# Renamed 2026-12-07 (thirty-sixth sitting), when ℓ left out of the adaptation became its default: the commands
+# below name the rows as they ran then. Their `repwam` (ℓ denoised beside the actions) is `repwam_ell` now, their
+# `adapt_no_ell` (--ell-drop 1) is `repwam` now, and eval/wam_repwam_s* -> eval/wam_repwam_ell_s*,
+# eval/wam_adapt_no_ell_s* -> eval/wam_repwam_s* so that --report-only labels them as today's rows do. To run them
+# again under today's code: --rows repwam_ell for the first, --rows repwam (or adapt_no_ell) for the second.
 # The four hard tasks from the camera with 100 demonstrations per task, both rows at 12,000 steps (~24 passes)
 # instead of hard_tasks_100demos' 6,000 (2026-12-06, twenty-third and twenty-fourth sittings): seed 1's data,
 # tokenizer, LAT and WAM pretraining from outputs/hard100 (linked), the adaptation and the plain policy trained anew

@@ -1,4 +1,9 @@
 #!/bin/bash
+# Renamed 2026-12-07 (thirty-sixth sitting), when ℓ left out of the adaptation became its default: the commands
+# below name the rows as they ran then. Their `repwam` (ℓ denoised beside the actions) is `repwam_ell` now, their
+# `adapt_no_ell` (--ell-drop 1) is `repwam` now, and eval/wam_repwam_s* -> eval/wam_repwam_ell_s*,
+# eval/wam_adapt_no_ell_s* -> eval/wam_repwam_s* so that --report-only labels them as today's rows do. To run them
+# again under today's code: --rows repwam_ell for the first, --rows repwam (or adapt_no_ell) for the second.
 # mt10 from the camera, 20 demonstrations per task (the setting): RepWAM adapted with ℓ left out of every
 # batch (row adapt_no_ell, --ell-drop 1), 8,000 adaptation steps, seed $1, beside RepWAM's 0.625 +- 0.03, the plain
 # policy's 0.59 +- 0.05 and latent_policy's 0.65 +- 0.02 at 8,000 steps (benchmarks/results/mt10_adapt8000). The data,

@@ -1,4 +1,9 @@
 #!/bin/bash
+# Renamed 2026-12-07 (thirty-sixth sitting), when ℓ left out of the adaptation became its default: the commands
+# below name the rows as they ran then. Their `repwam` (ℓ denoised beside the actions) is `repwam_ell` now, their
+# `adapt_no_ell` (--ell-drop 1) is `repwam` now, and eval/wam_repwam_s* -> eval/wam_repwam_ell_s*,
+# eval/wam_adapt_no_ell_s* -> eval/wam_repwam_s* so that --report-only labels them as today's rows do. To run them
+# again under today's code: --rows repwam_ell for the first, --rows repwam (or adapt_no_ell) for the second.
 # mt10, RepWAM from the camera alone (row repwam), seed $1, 8,000 adaptation steps (its own pretraining): more seeds
 # beside mt10_adapt8000's seed 0 (0.63), against the plain policy at 8,000 (outputs/mt10cam). Same data, tokenizer
 # and LAT as outputs/mt10est (linked). Waits for the per-action robot-token run (outputs/rpa) to finish (two cores).

@@ -11,7 +11,8 @@ A job whose proof exists is skipped; a training job whose run directory holds a 
 pipeline interrupted at any point picks up where it stopped when run again, across sittings.
 
 Rows (the paper's ablations, in one harness, on the same demonstrations and evaluation layouts):
-    repwam       RepViTok aligned to the frozen teacher -> LAT -> WAM pretrain (z + ℓ) -> adapt to robot actions
+    repwam       RepViTok aligned to the frozen teacher -> LAT -> WAM pretrain (z + ℓ) -> adapt to robot actions,
+                 ℓ left out of the adaptation (its default since 2026-12-07; every row that adapts follows it)
     recon        the same on the reconstruction-only tokenizer (λ_align = 0, "ViTok")
     vae          the same on the conventional causal 3-D conv video VAE (the paper's WAN2.2-VAE row)
     no_ell       aligned tokenizer -> WAM pretrain on z only (no ℓ stream) -> adapt
@@ -47,8 +48,8 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  (`repwam train plain --state-key observation.estimated_state --estimator ...`): repwam_est's
                  baseline, the same inputs without the world action model
     no_forecast  repwam whose adaptation never trains the forecast (`--video-drop 1`: the noisy future frames are left
-                 out of every batch; ℓ is still denoised): does learning to forecast beside the actions shape what
-                 the action expert reads? Shares repwam's pretraining
+                 out of every batch; ℓ as the adaptation's default): does learning to forecast beside the actions
+                 shape what the action expert reads? Shares repwam's pretraining
     latent_policy  the action expert alone on the aligned tokenizer's latents, from scratch: no pretraining, no ℓ,
                  no forecast (`--recipe no-latent-actions --video-drop 1`, the plain policy's steps): what the
                  semantic latents give a policy without the world model. With no_forecast and plain it splits
@@ -61,9 +62,12 @@ Rows (the paper's ablations, in one harness, on the same demonstrations and eval
                  --video-drop 1`: no pretraining, no forecast): no_forecast without the pretraining. Beside
                  latent_policy and no_forecast it splits what costs the action expert between ℓ and the pretraining
     adapt_no_ell  repwam whose adaptation leaves ℓ out of every batch (`--ell-drop 1`: the robot's actions take the
-                 latent actions' place at stage 2; the forecast is still trained): does denoising ℓ beside the
-                 actions cost the expert inside the two-stage model, as latent_policy_ell says it does from scratch?
-                 Shares repwam's pretraining
+                 latent actions' place at stage 2; the forecast is still trained). The adaptation's default since
+                 2026-12-07, so now repwam by another name, kept for the results and commands that name it; shares
+                 repwam's pretraining
+    repwam_ell   repwam whose adaptation also denoises ℓ beside the actions (`--ell-drop 0.25`: ℓ left out of a
+                 quarter of the batches), the adaptation's default until 2026-12-07 (results of `repwam`, and of the
+                 rows that adapt, from before then). Shares repwam's pretraining
     latent_policy_recon  latent_policy on the reconstruction-only tokenizer's latents (recon's tokenizer): does the
                  alignment make the latents a better policy input, or would any frozen pretrained encoder do?
     latent_policy_teacher  latent_policy on the frozen teacher's features (teacher's latents): what the tokenizer
@@ -98,7 +102,7 @@ from repwam.train.progress import read_progress
 ROWS = ("repwam", "recon", "vae", "no_ell", "joint", "plain", "no_state", "plain_goal", "plain_aux", "plain_est",
         "repwam_aux", "first_frame", "repwam_goal", "teacher", "repwam_est", "plain_estimator", "no_forecast",
         "latent_policy", "joint_no_ell", "latent_policy_recon", "latent_policy_teacher", "latent_policy_ell",
-        "adapt_no_ell")
+        "adapt_no_ell", "repwam_ell")
 LATENT_POLICY_ROWS = ("latent_policy", "latent_policy_recon", "latent_policy_teacher")  # the expert alone, from scratch
 DEFAULT_ROWS = ROWS[:7]  # the table's rows; the privileged ones (state as input or as a target) run when asked for
 PLAIN_ROWS = ("plain", "plain_goal", "plain_aux", "plain_est", "plain_estimator")  # `repwam train plain`: plain_<row>_s<seed>
@@ -335,13 +339,13 @@ class Pipeline:
         aux = ["--aux-key", ENV_STATE_KEY] if row == "repwam_aux" else []
         first = ["--first-frame-context"] if row == "first_frame" else []
         goal = ["--state-key", ENV_STATE_KEY] if row == "repwam_goal" else []
-        ell_out = ["--ell-drop", "1"] if row == "adapt_no_ell" else []  # ℓ pretrained, never adapted
+        ell_out = {"adapt_no_ell": ["--ell-drop", "1"], "repwam_ell": ["--ell-drop", "0.25"]}.get(row, [])
         needs = [self.dataset()]
         if row == "repwam_est":
             needs.append(self.estimator())
             goal = ["--state-key", EST_STATE_KEY, "--estimator", self.run_dir("estimator")]
         shares = row in ("no_state", "repwam_aux", "first_frame", "repwam_goal", "repwam_est", "no_forecast",
-                         "adapt_no_ell")
+                         "adapt_no_ell", "repwam_ell")
         pre_run = f"wampre_repwam_s{seed}" if shares else f"wampre_{tag}"  # the same pretraining
         pre = self.train("wam", pre_run, c.wam_steps, [*models, *no_ell, *shlex.split(c.wam_args)], [lat], seed,
                          data=self.video)

@@ -71,6 +71,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from repwam.config import read_record
 from repwam.errors import RepwamError
 from repwam.train.muon import Muon
 from repwam.train.progress import write_progress
@@ -762,9 +763,10 @@ def run_config_changes(recorded: dict, asked: dict, defaults: dict, may_change=R
     """{setting: (recorded, asked)} of what differs between a run's run.json and the run config asked for now.
     defaults: the stage config's defaults, which stand in for settings the recorded run did not know (added since);
     may_change: optimisation settings that may differ (the number of steps may grow on resume; the rest is how the
-    run runs, not what it learns); ignore: top-level settings left out (e.g. input paths checked elsewhere)."""
+    run runs, not what it learns); ignore: top-level settings left out (e.g. input paths checked elsewhere). The
+    record is read as today's code reads it (repwam.config.read_record: a default whose meaning changed)."""
     defaults = json.loads(json.dumps(defaults, default=str))
-    asked = json.loads(json.dumps(asked, default=str))
+    asked, recorded = json.loads(json.dumps(asked, default=str)), read_record(recorded)
     old = {**{k: v for k, v in defaults.items() if k != "optim"}, **recorded}
     old_o = {**defaults.get("optim", {}), **recorded.get("optim", {})}
     changed = {k: (old.get(k), v) for k, v in asked.items() if k not in ("optim", *ignore) and old.get(k) != v}

@@ -78,9 +78,11 @@ class WAMTrainConfig:
     # None: the pretrained model's, or the preset's 0.25). 1.0 never trains the forecast: the action expert acts on
     # the clean past latents alone, a policy on the tokenizer's latents (the no_forecast and latent_policy rows)
     video_drop: float | None = None
-    # adapt / joint: the share of training batches whose noisy ℓ tokens are left out (WAMConfig.ell_drop; None: the
-    # pretrained model's, or the preset's 0.25). 1.0 never trains ℓ beside the actions: at adaptation the robot's
-    # actions take the latent actions' place (the history keeps the observed ℓ), and the policy acts robot-only
+    # adapt / joint: the share of training batches whose noisy ℓ tokens are left out (WAMConfig.ell_drop). 1.0 never
+    # trains ℓ beside the actions: the robot's actions take the latent actions' place (the history keeps the observed
+    # ℓ), and the policy acts robot-only. None: 1.0 at adapt (the method's default since 2026-12-07: it led in every
+    # long setting measured, README "Ablation"; set when the config is made, so run.json records it), the preset's
+    # 0.25 at joint. --ell-drop 0.25 at adapt denoises ℓ beside the actions as before (the repwam_ell row)
     ell_drop: float | None = None
     # the forecast's weight in the loss (WAMConfig.video_loss_weight; None: the pretrained model's at adapt, else the
     # preset's 1.0). Adapt / joint: > 1 trains the shared streams more on predicting the future beside the actions
@@ -143,6 +145,10 @@ class WAMTrainConfig:
             if self.video_drop == 1 and self.future_frames_given:
                 raise RepwamError("--video-drop 1 leaves every future frame out: --future-frames-given cannot give "
                                   "them clean")
+        if self.stage == "adapt" and self.use_latent_actions and self.ell_drop is None:
+            self.ell_drop = 1.0  # ℓ pretrained, left out of the adaptation: the default (see the field)
+        if self.ell_drop == 1 and self.stage == "adapt" and not self.use_latent_actions:
+            self.ell_drop = None  # no ℓ stream to leave out (the adapt recipe's 1.0 meets --no-use-latent-actions)
         if self.ell_drop is not None:
             if not (self.robot and self.use_latent_actions):
                 raise RepwamError("--ell-drop leaves the noisy latent actions out of the action expert's training "

@@ -3,6 +3,7 @@ lineage checks, the imagined-future evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -539,6 +540,14 @@ def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, mon
     policy.reset(ds.episode_task(0))
     out = policy.infer(_episode_obs(ds, 0, 0))
     assert np.isfinite(out["actions"]).all() and out["imagined"].dtype == np.uint8 and out["imagined"].ndim == 4
+    # the no_forecast row under this default: neither the forecast nor ℓ beside the actions; the robot stream alone
+    nf = dataclasses.replace(cfg, video_drop=1.0)
+    assert nf.ell_drop == 1.0
+    ckpt = train_wam(nf, [tiny_dataset], tmp_path / "nf", progress=False)
+    policy = load_policy(ckpt, chunk=1)
+    assert policy.robot_only and policy.actions_only
+    policy.reset(ds.episode_task(0))
+    assert np.isfinite(policy.infer(_episode_obs(ds, 0, 0))["actions"]).all()
 
 
 def test_latent_policy_from_scratch_acts(tiny_tokenizer, tiny_lat, tiny_dataset, tmp_path):

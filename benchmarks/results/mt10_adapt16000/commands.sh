@@ -11,3 +11,7 @@ export PYTHONPATH=${REPWAM_SRC:-/work/wt_run/src}
 .venv/bin/repwam ablate --out outputs/mt10a16k --rows adapt_no_ell --seeds $1 --tasks mt10 --episodes-per-task 20 \
   --tok-steps 400 --lat-steps 300 --wam-steps 550 --adapt-steps 16000 --plain-steps 16000 --eval-episodes 20 \
   --estimator-cameras corner3,corner --estimator-layouts-per-task 80 --jobs 1 --eval-workers 1 --keep-snapshots 16
+# Seed 0 (2026-12-07, thirty-sixth sitting): started with this script beside the demo-size ℓ run
+# (ablation_demo_ell1000, stopped at its seed 0's adaptation); once the adaptation began (step ~270, nothing saved),
+# the same command was run alone with --jobs 2 --eval-workers 2 (outputs/mt10a16k_2t.sh), so the adaptation took
+# both cores as threads: ~2.6 steps/s against ~2.0 on one thread beside another job.

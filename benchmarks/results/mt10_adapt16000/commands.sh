@@ -15,3 +15,10 @@ export PYTHONPATH=${REPWAM_SRC:-/work/wt_run/src}
 # (ablation_demo_ell1000, stopped at its seed 0's adaptation); once the adaptation began (step ~270, nothing saved),
 # the same command was run alone with --jobs 2 --eval-workers 2 (outputs/mt10a16k_2t.sh), so the adaptation took
 # both cores as threads: ~2.6 steps/s against ~2.0 on one thread beside another job.
+# then, for the results here (the run's row adapt_no_ell is today's repwam):
+#   R=benchmarks/results/mt10_adapt16000; mkdir -p $R/eval/wam_repwam_s0
+#   cp outputs/mt10a16k/eval/wam_adapt_no_ell_s0/{episodes.jsonl,eval_config.json,results.json,run.json} \
+#     outputs/mt10a16k/eval/wam_adapt_no_ell_s0/{success.png,table.md} $R/eval/wam_repwam_s0/
+#   cp outputs/mt10a16k/timings.json $R/
+#   python benchmarks/val_losses.py outputs/mt10a16k/runs/wam_adapt_no_ell_s0 --out $R/val_losses.json
+#   repwam ablate --out $R --rows repwam --seeds 0 --tasks mt10 --report-only

@@ -486,8 +486,8 @@ def test_adapt_weighs_a_loss_term_as_asked(wam_ckpt, tiny_dataset, flag, field, 
 
 def test_adapt_without_ell_acts_robot_only(wam_ckpt, tiny_dataset, tmp_path, monkeypatch):
     """--ell-drop 1, the adaptation's default: it never denoises ℓ (the robot's actions take the latent actions'
-    place), its validation leaves ℓ out too, and its policy acts robot-only by default, refuses to denoise ℓ and imagines the
-    future without it; bad values are refused."""
+    place), its validation leaves ℓ out too, and its policy acts robot-only by default, refuses to denoise ℓ and
+    imagines the future without it; bad values are refused."""
     from repwam.data.lerobot import LeRobotDataset
     from repwam.policy import load_policy
     from repwam.train.wam import WAMStage
